@@ -1,0 +1,99 @@
+"""Batches of tasks: the data contract between data modules, models and algorithms.
+
+Everything an algorithm sees is a :class:`TaskBatch`: T tasks with B examples
+each, every tensor carrying a leading ``[T, B]``. Algorithms never look inside
+``inputs`` or ``targets``; the :class:`~metaspeech.learner.Learner` flattens
+``[T, B]`` to ``[T * B]`` for the model and folds per-example losses back to
+per-task losses ``[T]``. This is what lets all T tasks of a meta-batch run as one
+batched forward/backward.
+
+For speech (see :func:`metaspeech.datamodules.collate.collate_tasks`):
+
+- ``inputs  = (features [T, B, frames, n_feats] float, feature_lengths [T, B] long)``
+- ``targets = (tokens [T, B, max_tokens] long, token_lengths [T, B] long)``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class TaskBatch:
+    """T tasks x B examples. ``texts``/``ids`` are ``[T][B]`` lists (may be empty for toy data)."""
+
+    inputs: tuple[Tensor, ...]
+    targets: tuple[Tensor, ...]
+    texts: list[list[str]] = field(default_factory=list)
+    ids: list[list[str]] = field(default_factory=list)
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+    @property
+    def examples_per_task(self) -> int:
+        return int(self.inputs[0].shape[1])
+
+    def task(self, index: int) -> "TaskBatch":
+        """Task ``index`` alone, keeping a leading task dimension of 1."""
+        return TaskBatch(
+            inputs=tuple(t[index : index + 1] for t in self.inputs),
+            targets=tuple(t[index : index + 1] for t in self.targets),
+            texts=self.texts[index : index + 1],
+            ids=self.ids[index : index + 1],
+        )
+
+    def take(self, count: int) -> "TaskBatch":
+        """The first ``count`` examples of every task (used for k-shot subsets of a pool)."""
+        return TaskBatch(
+            inputs=tuple(t[:, :count] for t in self.inputs),
+            targets=tuple(t[:, :count] for t in self.targets),
+            texts=[row[:count] for row in self.texts],
+            ids=[row[:count] for row in self.ids],
+        )
+
+    @staticmethod
+    def concat_examples(first: "TaskBatch", second: "TaskBatch") -> "TaskBatch":
+        """Join two batches of the same tasks along the example axis (pads to the longer)."""
+        return TaskBatch(
+            inputs=tuple(_cat_padded(a, b) for a, b in zip(first.inputs, second.inputs)),
+            targets=tuple(_cat_padded(a, b) for a, b in zip(first.targets, second.targets)),
+            texts=[a + b for a, b in zip(first.texts, second.texts)],
+            ids=[a + b for a, b in zip(first.ids, second.ids)],
+        )
+
+
+def _cat_padded(a: Tensor, b: Tensor) -> Tensor:
+    """Concatenate along dim 1, zero-padding trailing dims to a common size."""
+    if a.shape[2:] != b.shape[2:]:
+        shape = [max(x, y) for x, y in zip(a.shape[2:], b.shape[2:])]
+        a = _pad_to(a, shape)
+        b = _pad_to(b, shape)
+    return torch.cat([a, b], dim=1)
+
+
+def _pad_to(t: Tensor, trailing: list[int]) -> Tensor:
+    pad: list[int] = []
+    for size, target in zip(reversed(t.shape[2:]), reversed(trailing)):
+        pad += [0, target - size]
+    return torch.nn.functional.pad(t, pad)
+
+
+@dataclass
+class MetaBatch:
+    """One outer step: support and query sets of the same T tasks.
+
+    ``tasks[t]`` names task t (a speaker id, an accent, ...).
+    """
+
+    support: TaskBatch
+    query: TaskBatch
+    tasks: list[str] = field(default_factory=list)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support.num_tasks
