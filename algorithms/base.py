@@ -1,0 +1,161 @@
+"""The algorithm plugin API.
+
+A plugin is a small ``nn.Module`` (so it can own meta-parameters: learned
+learning rates, a hypernetwork). The base class implements a complete MAML-style
+algorithm out of four overridable pieces; a new algorithm overrides one or two:
+
+- :meth:`MetaAlgorithm.initial_weights` -- where the inner loop starts (HyperInit generates it);
+- :meth:`MetaAlgorithm.step_size` -- the inner learning rate per step and parameter (Meta-SGD learns it);
+- :meth:`MetaAlgorithm.adapt` -- the inner loop: support set -> fast weights;
+- :meth:`MetaAlgorithm.outer_loss` -- the scalar whose gradient is the meta-gradient
+  (Reptile and joint training replace it).
+
+The outer loss is always a *loss*, never gradients written into ``.grad``: the
+Lightning module calls ``manual_backward`` on it exactly once per step, which is
+what makes DDP average meta-gradients across ranks (hand-written ``.grad`` is
+not synchronized). Plugins that must write ``.grad`` themselves call
+:meth:`MetaAlgorithm.all_reduce_gradients` afterwards.
+
+Nothing here knows about speech: algorithms see a :class:`~metaspeech.learner.Learner`
+and :class:`~metaspeech.batch.TaskBatch` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from metaspeech.config import RecordsInitArgs
+from metaspeech.batch import MetaBatch, TaskBatch
+from metaspeech.learner import FastWeights, Learner, PreparedTasks
+
+
+class NonFiniteLossError(FloatingPointError):
+    """An inner-loop loss was NaN/inf; ``tasks`` lists the offending task indices."""
+
+    def __init__(self, step: int, tasks: list[int]) -> None:
+        super().__init__(f"non-finite inner-loop loss at inner step {step} for task(s) {tasks}")
+        self.step = step
+        self.tasks = tasks
+
+
+@dataclass
+class Adaptation:
+    """Result of an inner loop: fast weights ``[T, ...]`` and the support loss ``[T]`` before each step."""
+
+    fast: FastWeights
+    inner_losses: list[Tensor] = field(default_factory=list)
+
+
+@dataclass
+class OuterResult:
+    """What one outer step produced.
+
+    ``loss`` is the scalar to backpropagate; ``query_losses [T]`` the post-adaptation
+    query losses (detached) for logging; ``inner_losses`` the support loss per inner step.
+    """
+
+    loss: Tensor
+    query_losses: Tensor
+    inner_losses: list[Tensor] = field(default_factory=list)
+
+
+class MetaAlgorithm(RecordsInitArgs, nn.Module):
+    """Base class: MAML-style inner loop of SGD steps on the support set, query loss outside.
+
+    Args:
+        inner_steps: inner SGD steps during meta-training.
+        inner_lr: inner learning rate, or one per step (a list of length ``inner_steps``).
+        second_order: backpropagate through the inner loop (``create_graph=True``).
+        eval_inner_lr: learning rate for test-time adaptation (default: ``inner_lr``'s last value).
+    """
+
+    def __init__(
+        self,
+        inner_steps: int = 5,
+        inner_lr: float | Sequence[float] = 0.1,
+        second_order: bool = False,
+        eval_inner_lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(inner_lr, (list, tuple)) and len(inner_lr) != inner_steps:
+            raise ValueError(f"inner_lr has {len(inner_lr)} values but inner_steps is {inner_steps}: give one per step")
+        self.inner_steps = inner_steps
+        self.inner_lr = list(inner_lr) if isinstance(inner_lr, (list, tuple)) else float(inner_lr)
+        self.second_order = second_order
+        self.eval_inner_lr = eval_inner_lr
+
+    def setup(self, learner: Learner) -> None:
+        """Create meta-parameters that depend on the adaptation scope (called once, before training)."""
+
+    def initial_weights(self, learner: Learner, prepared: PreparedTasks) -> FastWeights:
+        """Where the inner loop starts for each task: the shared init, ``[T, *shape]``."""
+        return learner.expand(learner.init_weights(), prepared.num_tasks)
+
+    def step_size(self, step: int, name: str) -> float | Tensor:
+        """Inner learning rate for ``name`` at inner step ``step`` (scalar or parameter-shaped)."""
+        if self.training:
+            return self.inner_lr[step] if isinstance(self.inner_lr, list) else self.inner_lr
+        if self.eval_inner_lr is not None:
+            return self.eval_inner_lr
+        return self.inner_lr[-1] if isinstance(self.inner_lr, list) else self.inner_lr
+
+    def adapt(
+        self,
+        learner: Learner,
+        support: TaskBatch | PreparedTasks,
+        steps: int | None = None,
+        create_graph: bool | None = None,
+    ) -> Adaptation:
+        """The inner loop: ``steps`` SGD steps on the support loss of every task at once.
+
+        With ``create_graph=False`` inner gradients are constants, so the fast weights
+        still depend on the initialization with an identity Jacobian: the first-order
+        meta-gradient. Raises :class:`NonFiniteLossError` on a NaN/inf support loss.
+        """
+        prepared = support if isinstance(support, PreparedTasks) else learner.prepare(support)
+        steps = self.inner_steps if steps is None else steps
+        create_graph = self.second_order if create_graph is None else create_graph
+        fast = self.initial_weights(learner, prepared)
+        history: list[Tensor] = []
+        for step in range(steps):
+            losses = learner.losses(fast, prepared, create_graph=create_graph)
+            self._check_finite(losses, step)
+            history.append(losses.detach())
+            grads = torch.autograd.grad(losses.sum(), list(fast.values()), create_graph=create_graph, allow_unused=True)
+            fast = {
+                name: w if g is None else w - self.step_size(step, name) * g
+                for (name, w), g in zip(fast.items(), grads)
+            }
+        return Adaptation(fast=fast, inner_losses=history)
+
+    def outer_loss(self, learner: Learner, batch: MetaBatch) -> OuterResult:
+        """MAML objective: mean query loss of the adapted fast weights over the T tasks."""
+        adaptation = self.adapt(learner, batch.support)
+        query_losses = learner.losses(adaptation.fast, learner.prepare(batch.query))
+        return OuterResult(query_losses.mean(), query_losses.detach(), adaptation.inner_losses)
+
+    @staticmethod
+    def _check_finite(losses: Tensor, step: int) -> None:
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            raise NonFiniteLossError(step, torch.nonzero(~finite).flatten().tolist())
+
+    @staticmethod
+    def all_reduce_gradients(parameters: Sequence[nn.Parameter]) -> None:
+        """Average ``.grad`` across DDP ranks, for plugins that write gradients by hand.
+
+        A no-op outside distributed training. Gradients produced by
+        ``LightningModule.manual_backward`` are already averaged: do not call this for them.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        world = dist.get_world_size()
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(world)

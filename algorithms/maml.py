@@ -1,0 +1,35 @@
+"""MAML (Finn et al., 2017) and first-order MAML."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from metaspeech.algorithms.base import MetaAlgorithm
+
+
+class MAML(MetaAlgorithm):
+    """Second-order MAML: the meta-gradient backpropagates through the inner loop.
+
+    With a head-only scope (``scope: [head]``) this is ANIL (Raghu et al., 2020).
+    """
+
+    def __init__(
+        self,
+        inner_steps: int = 5,
+        inner_lr: float | Sequence[float] = 0.1,
+        second_order: bool = True,
+        eval_inner_lr: float | None = None,
+    ) -> None:
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr)
+
+
+class FOMAML(MetaAlgorithm):
+    """First-order MAML: inner gradients are treated as constants (no ``create_graph``)."""
+
+    def __init__(
+        self,
+        inner_steps: int = 5,
+        inner_lr: float | Sequence[float] = 0.1,
+        eval_inner_lr: float | None = None,
+    ) -> None:
+        super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr)

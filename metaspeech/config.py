@@ -1,0 +1,48 @@
+"""Rebuilding components from checkpoints without pickled code.
+
+Models and algorithms remember how they were constructed (import path and
+keyword arguments). A checkpoint stores that record next to the weights, so
+``metaspeech adapt`` / ``transcribe`` rebuild the exact model with
+``torch.load(weights_only=True)``: no code from a file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+
+class RecordsInitArgs:
+    """Mixin: instances keep ``init_config = {"class_path", "init_args"}`` of their construction."""
+
+    init_config: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        obj = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        init_args = {k: v for k, v in list(bound.arguments.items())[1:] if k not in ("args", "kwargs")}
+        object.__setattr__(obj, "init_config", {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args})
+        return obj
+
+
+class UnknownClassError(ImportError):
+    """A configured ``class_path`` cannot be imported."""
+
+
+def import_class(class_path: str) -> type:
+    """Import ``package.module.Class``; a clear error names the path and what to check."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UnknownClassError(
+            f"cannot import class_path {class_path!r} ({err}); give the full import path, "
+            "e.g. metaspeech.algorithms.MAML or mypackage.module.MyAlgorithm, and check it is installed"
+        ) from err
+
+
+def instantiate(config: dict[str, Any]) -> Any:
+    """Build an object from ``{"class_path": ..., "init_args": {...}}``."""
+    return import_class(config["class_path"])(**config.get("init_args", {}))
