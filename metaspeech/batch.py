@@ -97,3 +97,16 @@ class MetaBatch:
     @property
     def num_tasks(self) -> int:
         return self.support.num_tasks
+
+
+@dataclass
+class EvaluationBatch:
+    """One held-out task for evaluation: an adaptation ``pool`` and a disjoint ``evaluation`` set.
+
+    Both are :class:`TaskBatch` objects with a single task (``T = 1``); k-shot
+    adaptation uses ``pool.take(k)``.
+    """
+
+    pool: TaskBatch
+    evaluation: TaskBatch
+    task: str

@@ -1,0 +1,251 @@
+"""``EpisodicDataModule``: any corpus -> speaker-task episodes for Lightning.
+
+Subclasses only say where the rows come from (:meth:`load_rows`) and, if the
+corpus has no ``split`` label, which speakers are meta-val / meta-test. The
+base class does the rest, identically for every corpus:
+
+1. validate rows (bad audio, empty or out-of-vocabulary transcripts) per ``on_bad_input``;
+2. build the character tokenizer from the meta-train transcripts;
+3. compute features once and cache them on disk (keyed by feature config and files);
+4. meta-train: :class:`SpeakerEpisodeSampler` meta-batches of T tasks (k support + q query);
+5. meta-val / meta-test: per held-out task an adaptation pool and a disjoint evaluation set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from metaspeech.audio import load_audio
+from metaspeech.batch import EvaluationBatch
+from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
+from metaspeech.datamodules.dataset import UtteranceDataset
+from metaspeech.datamodules.sampler import SpeakerEpisodeSampler, make_evaluation_tasks
+from metaspeech.datamodules.validation import validate_utterances
+from metaspeech.features import FeatureCache, FeatureConfig, FeatureExtractor
+from metaspeech.manifest import Utterance
+from metaspeech.text import normalize_text
+from metaspeech.tokenizer import CharTokenizer
+
+SPLITS = ("train", "val", "test")
+
+
+class EvaluationTaskDataset(Dataset):
+    """One item per held-out task: an :class:`EvaluationBatch` (pool + evaluation set)."""
+
+    def __init__(self, dataset: UtteranceDataset, tasks: list[Any]) -> None:
+        self.dataset = dataset
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index: int) -> EvaluationBatch:
+        pool, evaluation, name = collate_evaluation_task(self.dataset, self.tasks[index])
+        return EvaluationBatch(pool=pool, evaluation=evaluation, task=name)
+
+
+class EpisodicDataModule(L.LightningDataModule):
+    """Base data module: subclasses implement :meth:`load_rows`.
+
+    Args:
+        task_key: manifest label that defines a task (``speaker``, ``accent``, ...).
+        k_shot: support utterances per task in meta-training.
+        q_query: query utterances per task in meta-training.
+        tasks_per_batch: tasks T per meta-batch (per DDP rank).
+        batches_per_epoch: meta-batches in one epoch.
+        eval_pool_size: adaptation pool per held-out task (>= the largest shot count tested).
+        eval_size: evaluation utterances per held-out task (None: all the rest).
+        val_fraction / test_fraction: share of speakers held out when rows carry no ``split`` label.
+        features: feature extraction settings.
+        cache_dir: where features are cached.
+        on_bad_input: ``skip`` (warn with counts) or ``raise`` for corrupt audio / bad transcripts.
+        num_workers: DataLoader workers.
+        seed: seeds episode sampling and held-out splits.
+    """
+
+    def __init__(
+        self,
+        task_key: str = "speaker",
+        k_shot: int = 5,
+        q_query: int = 5,
+        tasks_per_batch: int = 8,
+        batches_per_epoch: int = 100,
+        eval_pool_size: int = 10,
+        eval_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        features: FeatureConfig | None = None,
+        cache_dir: str = "data/cache",
+        on_bad_input: str = "skip",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if on_bad_input not in ("skip", "raise"):
+            raise ValueError(f"data.on_bad_input must be 'skip' or 'raise', got {on_bad_input!r}")
+        self.task_key = task_key
+        self.k_shot, self.q_query = k_shot, q_query
+        self.tasks_per_batch, self.batches_per_epoch = tasks_per_batch, batches_per_epoch
+        self.eval_pool_size, self.eval_size = eval_pool_size, eval_size
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.feature_config = features or FeatureConfig()
+        self.cache_dir = cache_dir
+        self.on_bad_input = on_bad_input
+        self.num_workers = num_workers
+        self.seed = seed
+        self._rows: list[Utterance] | None = None
+        self._tokenizer: CharTokenizer | None = None
+        self.datasets: dict[str, UtteranceDataset] = {}
+        self.task_indices: dict[str, dict[str, list[int]]] = {}
+        self.train_sampler: SpeakerEpisodeSampler | None = None
+        self._resume_state: dict[str, int] | None = None
+
+    # ------------------------------------------------------------ to override
+    def load_rows(self) -> list[Utterance]:
+        """All utterances of the corpus as manifest rows."""
+        raise NotImplementedError
+
+    def prepare_corpus(self) -> None:
+        """Create the corpus on disk if needed (runs once, on the main process)."""
+
+    # ------------------------------------------------------------------ rows
+    @property
+    def rows(self) -> list[Utterance]:
+        if self._rows is None:
+            self._rows = self.load_rows()
+            if not self._rows:
+                raise ValueError(f"{type(self).__name__} found no utterances; check its path settings")
+        return self._rows
+
+    def split_of(self, row: Utterance) -> str:
+        """``train``/``val``/``test`` from the row's ``split`` label, else a stable hash of its speaker."""
+        split = row.labels.get("split")
+        if split in SPLITS:
+            return split
+        digest = int(hashlib.sha256(f"{self.seed}:{row.speaker}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        if digest < self.test_fraction:
+            return "test"
+        return "val" if digest < self.test_fraction + self.val_fraction else "train"
+
+    # ------------------------------------------------------------ tokenizer
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        """Character tokenizer built from the meta-train transcripts (read-only: no audio is touched)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.build_tokenizer()
+        return self._tokenizer
+
+    def build_tokenizer(self) -> CharTokenizer:
+        return CharTokenizer.from_texts([normalize_text(r.text) for r in self.rows if self.split_of(r) == "train"])
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def feature_dim(self) -> int:
+        return self.feature_config.dim
+
+    # ---------------------------------------------------------------- setup
+    def prepare_data(self) -> None:
+        self.prepare_corpus()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        report = validate_utterances(self.rows, allowed_chars=None, on_error=self.on_bad_input)
+        rows = self._drop_untokenizable(report.kept)
+        by_split: dict[str, list[Utterance]] = defaultdict(list)
+        for row in rows:
+            by_split[self.split_of(row)].append(row)
+        cache = FeatureCache(Path(self.cache_dir), self.feature_config)
+        extractor = FeatureExtractor(self.feature_config)
+        for split in SPLITS:
+            split_rows = by_split.get(split, [])
+            features = cache.load_or_compute(
+                [r.audio_filepath for r in split_rows],
+                lambda path: extractor(load_audio(path, self.feature_config.sample_rate)),
+            ) if split_rows else []
+            self.datasets[split] = UtteranceDataset(
+                features=features,
+                tokens=[self.tokenizer.encode(normalize_text(r.text)) for r in split_rows],
+                texts=[normalize_text(r.text) for r in split_rows],
+                ids=[r.utterance_id for r in split_rows],
+            )
+            self.task_indices[split] = self._group_by_task(split_rows)
+
+    def _drop_untokenizable(self, rows: list[Utterance]) -> list[Utterance]:
+        """Held-out transcripts may contain characters never seen in meta-train: policy applies."""
+        allowed = self.tokenizer.allowed_chars
+        kept, bad = [], []
+        for row in rows:
+            (kept if set(normalize_text(row.text)) <= allowed else bad).append(row)
+        if bad and self.on_bad_input == "raise":
+            chars = sorted(set(normalize_text(bad[0].text)) - allowed)
+            raise ValueError(f"{bad[0].audio_filepath}: characters {chars} are not in the tokenizer built from meta-train text")
+        if bad:
+            warnings.warn(f"skipped {len(bad)} utterance(s) with characters outside the meta-train vocabulary")
+        return kept
+
+    def _group_by_task(self, rows: list[Utterance]) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, row in enumerate(rows):
+            groups[str(row.label(self.task_key))].append(index)
+        return dict(groups)
+
+    # ---------------------------------------------------------- dataloaders
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_and_world()
+        sampler = SpeakerEpisodeSampler(
+            self.task_indices["train"], self.k_shot, self.q_query, self.tasks_per_batch,
+            self.batches_per_epoch, seed=self.seed, rank=rank, world_size=world,
+        )
+        if self._resume_state is not None:
+            sampler.load_state_dict(self._resume_state)
+            self._resume_state = None
+        self.train_sampler = sampler
+        dataset = self.datasets["train"]
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=MetaBatchCollator(self.k_shot, self.q_query, dataset.task_names(self.task_indices["train"])),
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        rank, world = self._rank_and_world()
+        tasks = make_evaluation_tasks(
+            self.task_indices[split], self.eval_pool_size, self.eval_size, seed=self.seed, rank=rank, world_size=world
+        )
+        return DataLoader(EvaluationTaskDataset(self.datasets[split], tasks), batch_size=None, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("test")
+
+    # ------------------------------------------------------------ resuming
+    def state_dict(self) -> dict[str, Any]:
+        """Where the episode sampler stands: saved in every checkpoint for exact resume."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self._resume_state = dict(state)

@@ -1,0 +1,158 @@
+"""The adaptation evaluation protocol's bookkeeping: records -> the headline table.
+
+For every held-out speaker, every shot count k and every number of inner steps
+s, the evaluation set is decoded once; each decoded utterance is a
+:class:`UtteranceRecord`. :class:`AdaptationReport` turns the records of all
+speakers (all DDP ranks) into corpus-level WER/CER per (k, s), the relative WER
+reduction against s = 0, the per-speaker median WER and the share of speakers
+that adaptation made worse. References and hypotheses go through one
+normalizer (:func:`metaspeech.text.normalize_text`) before scoring.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jiwer
+
+from metaspeech.text import normalize_text
+
+
+@dataclass
+class UtteranceRecord:
+    """One decoded utterance under one (k, s) condition, with its error counts."""
+
+    task: str
+    shots: int
+    steps: int
+    utterance: str
+    reference: str
+    hypothesis: str
+    word_errors: int
+    words: int
+    char_errors: int
+    chars: int
+
+
+def score_utterance(task: str, shots: int, steps: int, utterance: str, reference: str, hypothesis: str) -> UtteranceRecord:
+    """Count word and character edits (jiwer alignments) after normalization."""
+    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+    words = len(ref.split())
+    word_errors = _edits(jiwer.process_words(ref, hyp)) if words else len(hyp.split())
+    char_errors = _edits(jiwer.process_characters(ref, hyp)) if ref else len(hyp)
+    return UtteranceRecord(task, shots, steps, utterance, ref, hyp, word_errors, words, char_errors, len(ref))
+
+
+def _edits(output: Any) -> int:
+    return int(output.substitutions + output.deletions + output.insertions)
+
+
+@dataclass
+class ConditionResult:
+    """Metrics of one (k, s) cell of the table."""
+
+    shots: int
+    steps: int
+    wer: float
+    cer: float
+    relative_wer_reduction: float
+    median_speaker_wer: float
+    speakers_worse: float
+    speakers: int
+    utterances: int
+    adaptation_seconds: float
+
+
+class AdaptationReport:
+    """Aggregate :class:`UtteranceRecord` rows into the protocol's table.
+
+    ``adaptation_seconds[(task, k)]`` is the audio duration of the k adaptation utterances.
+    """
+
+    def __init__(self, records: Iterable[UtteranceRecord], adaptation_seconds: dict[tuple[str, int], float] | None = None):
+        self.records = list(records)
+        self.adaptation_seconds = adaptation_seconds or {}
+
+    def conditions(self) -> list[ConditionResult]:
+        cells: dict[tuple[int, int], list[UtteranceRecord]] = defaultdict(list)
+        for record in self.records:
+            cells[(record.shots, record.steps)].append(record)
+        results = []
+        for (shots, steps), rows in sorted(cells.items()):
+            baseline = cells.get((shots, 0), [])
+            results.append(self._condition(shots, steps, rows, baseline))
+        return results
+
+    def _condition(self, shots: int, steps: int, rows: list[UtteranceRecord], baseline: list[UtteranceRecord]) -> ConditionResult:
+        wer = _rate(rows, "word_errors", "words")
+        base_wer = _rate(baseline, "word_errors", "words") if baseline else float("nan")
+        per_speaker = _per_speaker_wer(rows)
+        base_per_speaker = _per_speaker_wer(baseline)
+        worse = [task for task, value in per_speaker.items() if task in base_per_speaker and value > base_per_speaker[task]]
+        tasks = sorted(per_speaker)
+        seconds = [self.adaptation_seconds.get((task, shots), 0.0) for task in tasks]
+        return ConditionResult(
+            shots=shots,
+            steps=steps,
+            wer=wer,
+            cer=_rate(rows, "char_errors", "chars"),
+            relative_wer_reduction=(base_wer - wer) / base_wer if base_wer and base_wer == base_wer else 0.0,
+            median_speaker_wer=statistics.median(per_speaker.values()) if per_speaker else float("nan"),
+            speakers_worse=len(worse) / len(per_speaker) if per_speaker and baseline else 0.0,
+            speakers=len(per_speaker),
+            utterances=len(rows),
+            adaptation_seconds=statistics.mean(seconds) if seconds else 0.0,
+        )
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [asdict(c) for c in self.conditions()]
+
+    def write(self, directory: str | Path, name: str = "adaptation") -> dict[str, Path]:
+        """Write ``<name>.json`` (table + per-utterance records) and ``<name>.csv`` (table)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        rows = self.to_rows()
+        json_path, csv_path = directory / f"{name}.json", directory / f"{name}.csv"
+        json_path.write_text(json.dumps({"conditions": rows, "records": [asdict(r) for r in self.records]}, indent=2))
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["shots"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return {"json": json_path, "csv": csv_path}
+
+    def render(self, title: str = "Adaptation on held-out speakers") -> str:
+        """The table as text (rich), for the console and for logs."""
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in ("k", "steps", "WER %", "CER %", "rel. WER red. %", "median spk WER %", "spk worse %", "speakers", "adapt s"):
+            table.add_column(column, justify="right")
+        for c in self.conditions():
+            table.add_row(
+                str(c.shots), str(c.steps), f"{100 * c.wer:.1f}", f"{100 * c.cer:.1f}",
+                f"{100 * c.relative_wer_reduction:+.1f}", f"{100 * c.median_speaker_wer:.1f}",
+                f"{100 * c.speakers_worse:.0f}", str(c.speakers), f"{c.adaptation_seconds:.1f}",
+            )
+        console = Console(width=120, record=True, force_terminal=False)
+        with console.capture() as capture:
+            console.print(table)
+        return capture.get()
+
+
+def _rate(rows: list[UtteranceRecord], errors: str, total: str) -> float:
+    denominator = sum(getattr(r, total) for r in rows)
+    return sum(getattr(r, errors) for r in rows) / max(denominator, 1)
+
+
+def _per_speaker_wer(rows: list[UtteranceRecord]) -> dict[str, float]:
+    by_task: dict[str, list[UtteranceRecord]] = defaultdict(list)
+    for r in rows:
+        by_task[r.task].append(r)
+    return {task: _rate(group, "word_errors", "words") for task, group in by_task.items()}

@@ -1,0 +1,112 @@
+"""Run several algorithm configs with the same budget and compare them in one table.
+
+Each (algorithm, seed) is a normal Lightning CLI run (fit, then test) built
+from the same YAML files a researcher would use, so ``compare`` measures
+exactly what ``metaspeech fit`` / ``metaspeech test`` do.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from metaspeech.cli import build_cli
+from metaspeech.evaluation import AdaptationReport
+
+
+def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]) -> AdaptationReport:
+    """fit + test one configuration; returns its evaluation report."""
+    cli = build_cli(
+        [
+            "--config", trainer_config, "--config", data_config, "--config", algorithm_config,
+            f"--seed_everything={seed}", f"--trainer.default_root_dir={root}",
+            f"--model.results_dir={root}", *overrides,
+        ],
+        run=False,
+    )
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    assert cli.model.last_report is not None
+    return cli.model.last_report
+
+
+def run_comparison(
+    algorithm_configs: list[str], data_config: str, trainer_config: str, output: Path, seeds: list[int], overrides: list[str]
+) -> dict[str, Any]:
+    """All algorithms x seeds; writes ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png``."""
+    results: dict[str, dict[int, AdaptationReport]] = defaultdict(dict)
+    for config in algorithm_configs:
+        name = Path(config).stem
+        for seed in seeds:
+            results[name][seed] = run_one(config, data_config, trainer_config, output / name / f"seed{seed}", seed, overrides)
+    rows = summarize(results)
+    output.mkdir(parents=True, exist_ok=True)
+    json_path = output / "comparison.json"
+    json_path.write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=2))
+    table = markdown_table(rows)
+    (output / "comparison.md").write_text(table + "\n")
+    plot = plot_wer_vs_steps(rows, output / "wer_vs_steps.png")
+    return {"rows": rows, "table": table, "json": json_path, "plot": plot}
+
+
+def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str, Any]]:
+    """One row per (algorithm, k, s): WER/CER mean and standard deviation over seeds."""
+    rows = []
+    for name, by_seed in results.items():
+        cells: dict[tuple[int, int], list[Any]] = defaultdict(list)
+        for report in by_seed.values():
+            for c in report.conditions():
+                cells[(c.shots, c.steps)].append(c)
+        for (shots, steps), conditions in sorted(cells.items()):
+            wers = [c.wer for c in conditions]
+            rows.append({
+                "algorithm": name, "shots": shots, "steps": steps,
+                "wer": statistics.mean(wers), "wer_std": statistics.pstdev(wers),
+                "cer": statistics.mean(c.cer for c in conditions),
+                "relative_wer_reduction": statistics.mean(c.relative_wer_reduction for c in conditions),
+                "speakers_worse": statistics.mean(c.speakers_worse for c in conditions),
+                "seeds": len(conditions),
+            })
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Side-by-side WER (%) per algorithm, one line per (k, s)."""
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
+    grid = {(r["algorithm"], r["shots"], r["steps"]): r for r in rows}
+    conditions = sorted({(r["shots"], r["steps"]) for r in rows})
+    header = "| k | steps | " + " | ".join(f"{a} WER % (rel. red.)" for a in algorithms) + " |"
+    lines = [header, "|" + "---|" * (2 + len(algorithms))]
+    for shots, steps in conditions:
+        cells = []
+        for a in algorithms:
+            r = grid.get((a, shots, steps))
+            cells.append("-" if r is None else f"{100 * r['wer']:.1f} ± {100 * r['wer_std']:.1f} ({100 * r['relative_wer_reduction']:+.1f})")
+        lines.append(f"| {shots} | {steps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_wer_vs_steps(rows: list[dict[str, Any]], path: Path) -> Path:
+    """WER against inner steps, one panel per k, one line per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shots = sorted({r["shots"] for r in rows})
+    fig, axes = plt.subplots(1, len(shots), figsize=(4 * len(shots), 3.2), squeeze=False, sharey=True)
+    for ax, k in zip(axes[0], shots):
+        for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
+            points = sorted((r["steps"], 100 * r["wer"]) for r in rows if r["algorithm"] == algorithm and r["shots"] == k)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=algorithm)
+        ax.set_title(f"k = {k} utterances")
+        ax.set_xlabel("inner steps")
+    axes[0][0].set_ylabel("WER %")
+    axes[0][-1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,185 @@
+"""Using a trained model: load it, adapt it to one speaker, save the adaptation, transcribe.
+
+A *speaker adaptation* is small: the adapted fast weights of the scope (e.g.
+LHUC scales, the input transform, the head) plus metadata, saved with
+``torch.save`` and loadable with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaspeech.audio import load_audio
+from metaspeech.batch import TaskBatch
+from metaspeech.config import instantiate
+from metaspeech.features import FeatureConfig, FeatureExtractor
+from metaspeech.module import MetaSpeechModule
+from metaspeech.text import normalize_text
+from metaspeech.tokenizer import CharTokenizer, UnknownCharacterError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or adaptation file cannot be used; the message says why and what to do."""
+
+
+def save_atomically(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the .ckpt written by `metaspeech fit`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- torch raises many types for bad files
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def load_module(checkpoint_path: str | Path) -> MetaSpeechModule:
+    """Rebuild a trained :class:`MetaSpeechModule` from a metaspeech checkpoint (no pickled code)."""
+    checkpoint = load_checkpoint_file(checkpoint_path)
+    info = checkpoint.get("metaspeech")
+    if not info:
+        raise CheckpointError(f"{checkpoint_path} is not a metaspeech checkpoint (no 'metaspeech' section)")
+    accepted = set(inspect.signature(MetaSpeechModule.__init__).parameters) - {"self", "recognizer", "algorithm", "scope"}
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
+    module = MetaSpeechModule(
+        recognizer=instantiate(info["model"]), algorithm=instantiate(info["algorithm"]), scope=info["scope"], **hparams
+    )
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint_path}: weights do not fit the model recorded in it: {err}") from err
+    module.on_load_checkpoint(checkpoint)
+    module.feature_config = FeatureConfig(**_known(FeatureConfig, info.get("features") or {}))
+    return module.eval()
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+@dataclass
+class Recording:
+    """One audio file, with its transcript when known."""
+
+    path: Path
+    text: str | None
+
+
+def find_recordings(source: str | Path, require_text: bool) -> list[Recording]:
+    """Audio files of a folder (``x.wav`` + optional ``x.txt``) or of a JSONL manifest."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".jsonl":
+        from metaspeech.manifest import read_manifest
+
+        return [Recording(Path(r.audio_filepath), r.text) for r in read_manifest(source)]
+    if source.is_file():
+        return [Recording(source, _transcript_of(source))]
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is neither an audio file, a folder of recordings nor a .jsonl manifest")
+    audio = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not audio:
+        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {source}")
+    recordings = [Recording(p, _transcript_of(p)) for p in audio]
+    missing = [str(r.path) for r in recordings if r.text is None]
+    if require_text and missing:
+        raise ValueError(
+            f"{len(missing)} recording(s) have no transcript, e.g. {missing[0]}: "
+            f"put the text in {Path(missing[0]).with_suffix('.txt').name} next to it, or use a JSONL manifest"
+        )
+    return recordings
+
+
+def _transcript_of(audio: Path) -> str | None:
+    text_file = audio.with_suffix(".txt")
+    return text_file.read_text(encoding="utf-8").strip() if text_file.is_file() else None
+
+
+def featurize(recordings: list[Recording], config: FeatureConfig, tokenizer: CharTokenizer | None) -> TaskBatch:
+    """Recordings of one speaker -> a :class:`TaskBatch` with ``T = 1``."""
+    from metaspeech.datamodules.collate import collate_tasks
+    from metaspeech.datamodules.dataset import UtteranceItem
+
+    extractor = FeatureExtractor(config)
+    items = []
+    for recording in recordings:
+        features = extractor(load_audio(recording.path, config.sample_rate))
+        text = normalize_text(recording.text or "")
+        tokens: list[int] = []
+        if tokenizer is not None and recording.text is not None:
+            try:
+                tokens = tokenizer.encode(text)
+            except UnknownCharacterError as err:
+                raise ValueError(f"{recording.path}: {err}") from err
+        items.append(UtteranceItem(features.float(), torch.tensor(tokens, dtype=torch.long), text, recording.path.stem))
+    return collate_tasks([items])
+
+
+def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: int) -> dict[str, Any]:
+    """Adapt ``module`` to one speaker; returns the saveable adaptation (fast weights + metadata)."""
+    support = featurize(recordings, module.feature_config, module.tokenizer)
+    before = float(module.evaluation_loss(support, _unadapted(module)).mean())
+    fast = module.adapt(support, steps)
+    after = float(module.evaluation_loss(support, fast).mean())
+    return {
+        "fast_weights": {name: w[0].clone() for name, w in fast.items()},
+        "scope": module.scope,
+        "model": module.model.init_config,
+        "steps": steps,
+        "utterances": len(recordings),
+        "seconds": float(support.inputs[1].sum()) * module.frame_shift_seconds,
+        "support_loss_before": before,
+        "support_loss_after": after,
+    }
+
+
+def _unadapted(module: MetaSpeechModule) -> dict[str, Tensor]:
+    return module.learner.expand(module.learner.init_weights(), 1)
+
+
+def load_adaptation(path: str | Path, module: MetaSpeechModule) -> dict[str, Tensor]:
+    """Fast weights ``[1, ...]`` of a saved adaptation, checked against ``module``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"speaker adaptation {path} does not exist; create it with `metaspeech adapt`")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if data.get("model") != module.model.init_config:
+        raise CheckpointError(
+            f"{path} was adapted from a different model ({data.get('model', {}).get('class_path')}); "
+            "use the checkpoint it was created from"
+        )
+    weights = dict(module.learner.init_weights())
+    missing = sorted(set(weights) - set(data["fast_weights"]))
+    if missing:
+        raise CheckpointError(f"{path} lacks adapted weights {missing[:3]}: its scope {data['scope']} != {module.scope}")
+    return {name: data["fast_weights"][name].unsqueeze(0).to(weights[name]) for name in weights}
+
+
+def transcribe_files(module: MetaSpeechModule, recordings: list[Recording], adaptation: dict[str, Tensor] | None) -> list[str]:
+    """Greedy CTC transcripts of ``recordings`` (with a speaker adaptation if given)."""
+    batch = featurize(recordings, module.feature_config, None)
+    return module.transcribe(batch, adaptation)[0]

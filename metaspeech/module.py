@@ -1,0 +1,269 @@
+"""``MetaSpeechModule``: the outer loop of meta-learning as a LightningModule.
+
+One training step is one meta-batch of T speaker-tasks. The algorithm plugin
+adapts on every support set and returns one outer loss; this module owns
+everything around it: the single ``manual_backward`` (so DDP averages
+meta-gradients exactly once), gradient clipping, optimizer and scheduler,
+skipping steps with non-finite losses, logging, the evaluation protocol and
+what goes into a checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
+from metaspeech.ctc import greedy_decode
+from metaspeech.features import FeatureConfig
+from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
+from metaspeech.learner import FastWeights, Learner
+from metaspeech.losses import CTCLoss
+from metaspeech.models.staged import StagedModel
+from metaspeech.tokenizer import CharTokenizer
+
+INFERENCE_MODE_HELP = (
+    "test-time adaptation needs gradients, but the Trainer runs evaluation in inference mode: "
+    "set trainer.inference_mode=false (the metaspeech CLI does this by default)"
+)
+
+
+class MetaSpeechModule(L.LightningModule):
+    """Meta-train a CTC recognizer to adapt to new speakers.
+
+    Args:
+        recognizer: a :class:`~metaspeech.models.StagedModel` CTC recognizer (e.g. ``BiLSTMCTC``).
+        algorithm: the meta-learning plugin (``MAML``, ``FOMAML``, ``Reptile``, ``HyperInit``, ...).
+        scope: adaptation scope (presets ``all, lhuc, lin, adapters, norm, head`` or name globs).
+        lr: outer (meta) learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warmup in outer steps.
+        max_grad_norm: clip the meta-gradient to this global norm (None: no clipping).
+        val_shots: adaptation utterances per meta-val speaker.
+        val_steps: inner steps for validation.
+        test_shots: shot counts k of the evaluation protocol.
+        test_steps: inner step counts s of the evaluation protocol (0 = no adaptation).
+        results_dir: where ``test`` writes the table (JSON/CSV); default: the logger's folder.
+    """
+
+    def __init__(
+        self,
+        recognizer: StagedModel,
+        algorithm: MetaAlgorithm,
+        scope: list[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 100,
+        max_grad_norm: float | None = 5.0,
+        val_shots: int = 5,
+        val_steps: int = 5,
+        test_shots: list[int] | None = None,
+        test_steps: list[int] | None = None,
+        results_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["recognizer", "algorithm"])
+        self.automatic_optimization = False
+        self.model = recognizer
+        self.algorithm = algorithm
+        self.scope = list(scope) if scope is not None else ["lin", "lhuc", "head"]
+        self.learner = Learner(recognizer, CTCLoss(blank=0), self.scope)
+        self.algorithm.setup(self.learner)
+        self.test_shots = list(test_shots) if test_shots is not None else [1, 5, 10]
+        self.test_steps = sorted(set(test_steps if test_steps is not None else [0, 1, 5, 10]) | {0})
+        self.tokenizer: CharTokenizer | None = None
+        self.feature_config = FeatureConfig()
+        self.frame_shift_seconds = self.feature_config.hop_ms / 1000.0
+        self.skipped_steps = 0
+        self._records: list[UtteranceRecord] = []
+        self._adaptation_seconds: dict[tuple[str, int], float] = {}
+        self.last_report: AdaptationReport | None = None
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            self.tokenizer = datamodule.tokenizer
+            self.feature_config = datamodule.feature_config
+            self.frame_shift_seconds = self.feature_config.hop_ms / 1000.0
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        warmup = max(1, self.hparams.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------- training
+    def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        result = self._outer_result(batch)
+        finite = result is not None and bool(torch.isfinite(result.loss))
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
+            return
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(result.loss)
+        grad_norm = self._gradient_norm()
+        if self.hparams.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        self.lr_schedulers().step()
+        self._log_training(batch, result, grad_norm, batch_idx)
+
+    def _outer_result(self, batch: MetaBatch) -> OuterResult | None:
+        try:
+            return self.algorithm.outer_loss(self.learner, batch)
+        except NonFiniteLossError as err:
+            self.print(f"skipping outer step {self.global_step}: {err} (tasks {[batch.tasks[t] for t in err.tasks if t < len(batch.tasks)]})")
+            return None
+
+    def _gradient_norm(self) -> Tensor:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
+
+    def _log_training(self, batch: MetaBatch, result: OuterResult, grad_norm: Tensor, batch_idx: int) -> None:
+        post = result.query_losses.mean()
+        logs = {"train/outer_loss": result.loss.detach(), "train/query_loss_post": post, "train/grad_norm": grad_norm,
+                "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0])}
+        for step, losses in enumerate(result.inner_losses):
+            logs[f"train/inner_loss_step{step}"] = losses.mean()
+        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
+            pre = self._query_loss_without_adaptation(batch.query)
+            logs["train/query_loss_pre"] = pre
+            logs["train/adaptation_gain"] = pre - post
+        self.log_dict(logs, prog_bar=False, batch_size=batch.num_tasks)
+        self.log("loss", post, prog_bar=True, logger=False, batch_size=batch.num_tasks)
+
+    @torch.no_grad()
+    def _query_loss_without_adaptation(self, query: TaskBatch) -> Tensor:
+        prepared = self.learner.prepare(query)
+        return self.learner.losses(self.learner.expand(self.learner.init_weights(), prepared.num_tasks), prepared).mean()
+
+    # ----------------------------------------------------- test-time adaptation
+    def adapt(self, support: TaskBatch, steps: int) -> FastWeights:
+        """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(INFERENCE_MODE_HELP)
+        with torch.enable_grad():
+            with torch.no_grad():
+                prepared = self.learner.prepare(support)
+            adaptation = self.algorithm.adapt(self.learner, prepared, steps=steps, create_graph=False)
+        return {name: w.detach() for name, w in adaptation.fast.items()}
+
+    @torch.no_grad()
+    def transcribe(self, batch: TaskBatch, fast: FastWeights | None = None) -> list[list[str]]:
+        """Greedy CTC transcripts ``[T][B]`` of ``batch`` with ``fast`` weights (default: unadapted)."""
+        prepared = self.learner.prepare(batch)
+        fast = fast if fast is not None else self.learner.expand(self.learner.init_weights(), prepared.num_tasks)
+        log_probs, lengths = self.learner.outputs(fast, prepared)[:2]
+        tokens = greedy_decode(log_probs, lengths)
+        texts = [self._require_tokenizer().decode(ids) for ids in tokens]
+        per_task = len(texts) // batch.num_tasks
+        return [texts[t * per_task : (t + 1) * per_task] for t in range(batch.num_tasks)]
+
+    @torch.no_grad()
+    def evaluation_loss(self, batch: TaskBatch, fast: FastWeights) -> Tensor:
+        """Mean CTC loss ``[T]`` of ``batch`` under ``fast`` weights."""
+        return self.learner.losses(fast, self.learner.prepare(batch))
+
+    def _require_tokenizer(self) -> CharTokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer: attach a datamodule or load the module from a metaspeech checkpoint")
+        return self.tokenizer
+
+    def evaluate_task(self, item: EvaluationBatch, shots: list[int], steps: list[int]) -> list[UtteranceRecord]:
+        """Adapt on ``pool.take(k)`` for every k and s; decode and score the evaluation set."""
+        records = []
+        references = item.evaluation.texts[0]
+        ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
+        for k in shots:
+            support = item.pool.take(k)
+            self._adaptation_seconds[(item.task, k)] = float(support.inputs[1].sum()) * self.frame_shift_seconds
+            for s in steps:
+                hypotheses = self.transcribe(item.evaluation, self.adapt(support, s))[0]
+                records += [score_utterance(item.task, k, s, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
+        return records
+
+    # ------------------------------------------------------------ validation
+    def validation_step(self, item: EvaluationBatch, batch_idx: int) -> None:
+        shots = min(self.hparams.val_shots, item.pool.examples_per_task)
+        support = item.pool.take(shots)
+        for steps, tag in ((0, "pre"), (self.hparams.val_steps, "post")):
+            fast = self.adapt(support, steps)
+            loss = self.evaluation_loss(item.evaluation, fast).mean()
+            self.log(f"val/loss_{tag}", loss, batch_size=1, sync_dist=True)
+            if self.tokenizer is not None:
+                hypotheses = self.transcribe(item.evaluation, fast)[0]
+                records = [score_utterance(item.task, shots, steps, "", r, h) for r, h in zip(item.evaluation.texts[0], hypotheses)]
+                words = sum(r.words for r in records)
+                self.log(f"val/wer_{tag}", sum(r.word_errors for r in records) / max(words, 1), batch_size=words, sync_dist=True)
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self) -> None:
+        self._records, self._adaptation_seconds = [], {}
+
+    def test_step(self, item: EvaluationBatch, batch_idx: int) -> None:
+        self._records += self.evaluate_task(item, self.test_shots, self.test_steps)
+
+    def on_test_epoch_end(self) -> None:
+        records, seconds = self._gather(self._records), self._gather([self._adaptation_seconds])
+        merged_seconds = {key: value for part in seconds for key, value in part.items()}
+        report = AdaptationReport(records, merged_seconds)
+        self.last_report = report
+        for c in report.conditions():
+            self.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)
+            self.log(f"test/cer_k{c.shots}_s{c.steps}", c.cer, rank_zero_only=True)
+        if self.trainer.is_global_zero:
+            name = type(self.algorithm).__name__
+            self.print(report.render(title=f"{name}: adaptation on held-out speakers"))
+            paths = report.write(self._results_dir(), name=f"adaptation_{name.lower()}")
+            self.print(f"results written to {paths['json']} and {paths['csv']}")
+            self._log_report_tables(report)
+
+    def _gather(self, items: list[Any]) -> list[Any]:
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return list(items)
+        gathered: list[list[Any]] = [[] for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather_object(gathered, list(items))
+        return [x for part in gathered for x in part]
+
+    def _results_dir(self) -> Path:
+        if self.hparams.results_dir:
+            return Path(self.hparams.results_dir)
+        log_dir = self.trainer.log_dir
+        return Path(log_dir) if log_dir else Path("results")
+
+    def _log_report_tables(self, report: AdaptationReport) -> None:
+        for logger in self.loggers:
+            log_table = getattr(logger, "log_table", None)
+            if log_table is not None:
+                rows = report.to_rows()
+                log_table(key="test/adaptation_table", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["metaspeech"] = {
+            "model": self.model.init_config,
+            "algorithm": self.algorithm.init_config,
+            "scope": self.scope,
+            "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
+            "frame_shift_seconds": self.frame_shift_seconds,
+            "features": self._feature_config(),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("metaspeech", {})
+        if info.get("tokenizer") is not None:
+            self.tokenizer = CharTokenizer.from_dict(info["tokenizer"])
+        self.frame_shift_seconds = info.get("frame_shift_seconds", self.frame_shift_seconds)
+        self.skipped_steps = info.get("skipped_steps", 0)
+
+    def _feature_config(self) -> dict[str, Any]:
+        return dict(vars(self.feature_config))
