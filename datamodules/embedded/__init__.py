@@ -1,0 +1,25 @@
+"""The embedded corpus: multi-speaker, multi-accent English synthesized with eSpeak NG.
+
+``generate_corpus(root, preset, seed)`` writes 16 kHz WAVs and a manifest and
+returns the manifest path; see :mod:`.generate` for the layout and guarantees.
+
+The generator is imported lazily so that ``python -m
+metaspeech.datamodules.embedded.generate`` does not load the module twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaspeech.datamodules.embedded.speakers import SpeakerSpec, make_speakers
+
+__all__ = ["PRESETS", "CorpusPreset", "SpeakerSpec", "corpus_dir", "generate_corpus", "make_speakers"]
+_FROM_GENERATE = ("PRESETS", "CorpusPreset", "corpus_dir", "generate_corpus")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_GENERATE:
+        from metaspeech.datamodules.embedded import generate
+
+        return getattr(generate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,17 +3,28 @@
 Why ctypes and not the ``espeak-ng`` program: the pip wheel ships only the shared
 library and its voice data, so the embedded corpus needs no system packages.
 
-eSpeak NG keeps global state (current voice, parameters, the synth callback) and
-is not thread-safe, so there is exactly one initialized engine per process
-(:func:`get_engine`). Parallel generation must use processes, each of which
-initializes its own engine on first use; within a process a lock serializes calls.
+Why the library is loaded afresh for every utterance: eSpeak NG keeps global
+state that its API cannot reset (the pitch-flutter position, the automatic gain,
+the Klatt filters' memory, libc ``rand()`` for breathy voices), so the same text
+renders differently depending on what was spoken before. Loading a private copy
+of ``libespeak-ng.so``, speaking one utterance and unloading it again costs about
+a millisecond and makes every utterance a pure function of (text, voice, seed),
+whatever process or order produced it.
+
+eSpeak NG is not thread-safe: within a process a lock serializes synthesis, and
+parallel generation uses processes.
 """
 
 from __future__ import annotations
 
+import _ctypes
+import atexit
 import ctypes
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,9 +33,7 @@ import numpy as np
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 # espeak_PARAMETER
 ESPEAK_RATE = 1
-ESPEAK_VOLUME = 2
 ESPEAK_PITCH = 3
-ESPEAK_RANGE = 4
 # espeak_POSITION_TYPE and synth flags
 POS_CHARACTER = 1
 ESPEAK_CHARS_UTF8 = 1
@@ -32,11 +41,24 @@ ESPEAK_CHARS_UTF8 = 1
 EE_OK = 0
 
 NATIVE_SAMPLE_RATE = 22050
-"""What eSpeak NG renders at; :func:`Engine.synthesize` also returns the value it reports."""
+"""What eSpeak NG renders at; :func:`synthesize` returns the rate the library reports."""
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); the event
 # struct is never read, so a void pointer is enough.
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+_LOCK = threading.Lock()
+_PRIVATE_LIBRARY: Path | None = None
+# Unloading a library: dlclose on POSIX, FreeLibrary on Windows.
+_unload = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary")
+
+
+def _seed_libc_rand(seed: int) -> None:
+    """eSpeak's breath noise uses libc ``rand()``; seeding it keeps breathy voices reproducible."""
+    try:
+        ctypes.CDLL(None).srand(ctypes.c_uint(seed))
+    except (OSError, AttributeError, TypeError):  # no C runtime by that name (Windows)
+        pass
 
 
 @dataclass(frozen=True)
@@ -59,96 +81,100 @@ def voice_string(accent: str, variant: str | None) -> str:
     return f"{accent}+{variant.lstrip('+')}"
 
 
-class Engine:
-    """The process's eSpeak NG instance; use :func:`get_engine` rather than constructing one."""
+def _private_library() -> Path:
+    """A copy of ``libespeak-ng.so`` only this module opens.
+
+    A copy (a different file) gets its own static data even if something else in
+    the process already loaded the wheel's library, so unloading it really resets it.
+    """
+    global _PRIVATE_LIBRARY
+    if _PRIVATE_LIBRARY is None:
+        import espeakng_loader
+
+        source = Path(espeakng_loader.get_library_path())
+        folder = Path(tempfile.mkdtemp(prefix="metaspeech-espeak-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _PRIVATE_LIBRARY = Path(shutil.copy2(source, folder / source.name))
+    return _PRIVATE_LIBRARY
+
+
+def _declare_signatures(lib: ctypes.CDLL) -> None:
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+    lib.espeak_SetSynthCallback.restype = None
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetVoiceByName.restype = ctypes.c_int
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetParameter.restype = ctypes.c_int
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+        ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
+    ]  # fmt: skip
+    lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_Synchronize.argtypes = []
+    lib.espeak_Synchronize.restype = ctypes.c_int
+    lib.espeak_Terminate.argtypes = []
+    lib.espeak_Terminate.restype = ctypes.c_int
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed.restype = None
+
+
+class _Session:
+    """One load-initialize-speak-unload cycle of the library (see the module docstring)."""
 
     def __init__(self) -> None:
         import espeakng_loader
 
-        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self._declare_signatures()
-        self._chunks: list[np.ndarray] = []
+        self.chunks: list[np.ndarray] = []
         # Keep a reference: ctypes frees the trampoline if the Python object dies.
         self._callback = _SynthCallback(self._collect)
-        data_path = espeakng_loader.get_data_path().encode("utf-8")
-        rate = self._lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, 0)
+        self.lib = ctypes.CDLL(str(_private_library()))
+        _declare_signatures(self.lib)
+        data_path = espeakng_loader.get_data_path()
+        rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode("utf-8"), 0)
         if rate <= 0:
-            raise RuntimeError(f"eSpeak NG failed to initialize with data at {data_path.decode()} (code {rate})")
+            self.close(initialized=False)
+            raise RuntimeError(f"eSpeak NG failed to initialize with data at {data_path} (code {rate})")
         self.sample_rate = int(rate)
-        self._lib.espeak_SetSynthCallback(self._callback)
-        self._lock = threading.Lock()
-
-    def _declare_signatures(self) -> None:
-        lib = self._lib
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
-        lib.espeak_SetSynthCallback.restype = None
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
-        ]  # fmt: skip
-        lib.espeak_Synth.restype = ctypes.c_int
-        lib.espeak_Synchronize.argtypes = []
-        lib.espeak_Synchronize.restype = ctypes.c_int
-        # Klatt voices and "breath" settings draw noise from eSpeak's own RNG;
-        # reseeding it before every utterance makes the audio reproducible.
-        self._set_seed = getattr(lib, "espeak_ng_SetRandSeed", None)
-        if self._set_seed is not None:
-            self._set_seed.argtypes = [ctypes.c_long]
-            self._set_seed.restype = None
+        self.lib.espeak_SetSynthCallback(self._callback)
 
     def _collect(self, wav: ctypes.POINTER(ctypes.c_short), num_samples: int, _events: int) -> int:
         if num_samples > 0 and wav:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0  # 0 = continue synthesis
 
-    def _set_voice(self, settings: VoiceSettings) -> None:
-        code = self._lib.espeak_SetVoiceByName(settings.voice.encode("utf-8"))
+    def set_voice(self, settings: VoiceSettings) -> None:
+        code = self.lib.espeak_SetVoiceByName(settings.voice.encode("utf-8"))
         if code != EE_OK:
             raise RuntimeError(
                 f"eSpeak NG cannot set voice {settings.voice!r} (error {code}); "
                 "use a language like 'en-us' or 'en-gb-scotland', optionally with a variant like '+f2'"
             )
-        for param, value in ((ESPEAK_PITCH, settings.pitch), (ESPEAK_RATE, settings.rate)):
-            code = self._lib.espeak_SetParameter(param, int(value), 0)
+        for name, param, value in (("pitch", ESPEAK_PITCH, settings.pitch), ("rate", ESPEAK_RATE, settings.rate)):
+            code = self.lib.espeak_SetParameter(param, int(value), 0)
             if code != EE_OK:
-                raise RuntimeError(f"eSpeak NG rejected parameter {param}={value} for voice {settings.voice!r}")
+                raise RuntimeError(f"eSpeak NG rejected {name}={value} for voice {settings.voice!r} (error {code})")
 
-    def synthesize(self, text: str, settings: VoiceSettings, seed: int = 0) -> tuple[np.ndarray, int]:
-        """Render ``text`` with ``settings``; returns float32 mono samples in [-1, 1] and the sample rate."""
+    def speak(self, text: str, voice: str, seed: int) -> np.ndarray:
+        # Both RNGs eSpeak draws from: its own, and libc rand() (breath noise).
+        self.lib.espeak_ng_SetRandSeed(seed)
+        _seed_libc_rand(seed)
         data = text.encode("utf-8") + b"\0"
-        with self._lock:
-            self._set_voice(settings)
-            if self._set_seed is not None:
-                self._set_seed(int(seed) & 0x7FFFFFFF)
-            self._chunks = []
-            code = self._lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
-            if code != EE_OK:
-                raise RuntimeError(f"eSpeak NG failed to synthesize with voice {settings.voice!r} (error {code})")
-            self._lib.espeak_Synchronize()
-            chunks, self._chunks = self._chunks, []
-        if not chunks:
-            return np.zeros(0, dtype=np.float32), self.sample_rate
-        samples = np.concatenate(chunks).astype(np.float32) / 32768.0
-        return samples, self.sample_rate
+        code = self.lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None)
+        if code != EE_OK:
+            raise RuntimeError(f"eSpeak NG failed to synthesize with voice {voice!r} (error {code})")
+        code = self.lib.espeak_Synchronize()
+        if code != EE_OK:
+            raise RuntimeError(f"eSpeak NG failed to finish synthesis with voice {voice!r} (error {code})")
+        if not self.chunks:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.chunks).astype(np.float32) / 32768.0
 
-
-_ENGINE: Engine | None = None
-_ENGINE_LOCK = threading.Lock()
-
-
-def get_engine() -> Engine:
-    """The one eSpeak NG engine of this process, initialized on first use."""
-    global _ENGINE
-    with _ENGINE_LOCK:
-        if _ENGINE is None:
-            _ENGINE = Engine()
-        return _ENGINE
+    def close(self, initialized: bool = True) -> None:
+        if initialized:
+            self.lib.espeak_Terminate()
+        _unload(self.lib._handle)
 
 
 def synthesize(
@@ -156,7 +182,16 @@ def synthesize(
 ) -> tuple[np.ndarray, int]:
     """Speak ``text`` with eSpeak NG voice ``voice`` (e.g. ``"en-gb-scotland+m3"``).
 
-    Returns ``(samples, sample_rate)``: float32 mono samples and the native rate (22050 Hz).
-    Raises ``RuntimeError`` naming the voice if eSpeak does not know it.
+    Returns ``(samples, sample_rate)``: float32 mono samples in [-1, 1] and the
+    native rate (22050 Hz). The result depends only on the arguments. Raises
+    ``RuntimeError`` naming the voice if eSpeak does not know it.
     """
-    return get_engine().synthesize(text, VoiceSettings(voice=voice, pitch=pitch, rate=rate), seed=seed)
+    settings = VoiceSettings(voice=voice, pitch=pitch, rate=rate)
+    with _LOCK:
+        session = _Session()
+        try:
+            session.set_voice(settings)
+            samples = session.speak(text, voice, int(seed) & 0x7FFFFFFF)
+        finally:
+            session.close()
+    return samples, session.sample_rate

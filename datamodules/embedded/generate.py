@@ -1,0 +1,251 @@
+"""Generate the embedded multi-speaker, multi-accent corpus with eSpeak NG.
+
+Layout of ``root/<preset>-seed<seed>/``::
+
+    manifest.jsonl            one row per utterance (relative audio paths)
+    wav/<speaker>/<utt>.wav   16 kHz mono PCM_16
+    corpus.json               stamp, written last: preset, seed, generator version, counts
+
+Why it is built this way:
+
+- *Deterministic*: every random choice is seeded from (seed, speaker index,
+  utterance index), never from global RNG state or from which worker ran what,
+  and eSpeak itself is reset per utterance, so a seed reproduces the corpus bit
+  for bit.
+- *Cached*: an existing stamp that matches the request means the corpus is
+  complete, so the call returns at once; without a stamp (an interrupted run)
+  the corpus is generated again from scratch.
+- *Parallel over speakers with processes*: eSpeak is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+
+from metaspeech.datamodules.embedded.channel import TARGET_SAMPLE_RATE, apply_channel
+from metaspeech.datamodules.embedded.espeak import synthesize
+from metaspeech.datamodules.embedded.sentences import make_sentence
+from metaspeech.datamodules.embedded.speakers import HELD_OUT_ACCENTS, SpeakerSpec, make_speakers
+from metaspeech.manifest import Utterance, write_manifest
+
+GENERATOR_VERSION = 1
+"""Bump when generation changes its output, so cached corpora are regenerated."""
+
+MANIFEST_NAME = "manifest.jsonl"
+STAMP_NAME = "corpus.json"
+
+# Purpose tags that keep the random streams of one (speaker, utterance) independent.
+_TEXT, _VOICE, _ROOM, _NOISE = 0, 1, 2, 3
+# Below this many utterances, starting worker processes costs more than it saves.
+_MIN_UTTERANCES_FOR_WORKERS = 400
+
+
+@dataclass(frozen=True)
+class CorpusPreset:
+    """The size and shape of a generated corpus."""
+
+    name: str
+    num_train: int
+    num_val: int
+    num_test: int
+    utterances_per_speaker: int
+    min_words: int = 4
+    max_words: int = 9
+    held_out_accents: tuple[str, ...] = HELD_OUT_ACCENTS
+
+    @property
+    def num_speakers(self) -> int:
+        return self.num_train + self.num_val + self.num_test
+
+    @property
+    def num_utterances(self) -> int:
+        return self.num_speakers * self.utterances_per_speaker
+
+
+PRESETS: dict[str, CorpusPreset] = {
+    # Seconds on two cores: for tests, smoke runs and notebooks.
+    "tiny": CorpusPreset("tiny", 12, 3, 3, 12, min_words=3, max_words=5),
+    # Minutes on two cores: the default training corpus.
+    "small": CorpusPreset("small", 110, 10, 20, 24),
+    # For longer experiments.
+    "full": CorpusPreset("full", 320, 30, 50, 40),
+}
+
+
+def resolve_preset(preset: str | CorpusPreset) -> CorpusPreset:
+    """A preset by name (see ``PRESETS``) or a ``CorpusPreset`` as given."""
+    if isinstance(preset, CorpusPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown corpus preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+def corpus_dir(root: str | Path, preset: str | CorpusPreset = "tiny", seed: int = 0) -> Path:
+    """Where ``generate_corpus`` puts a corpus: ``root/<preset>-seed<seed>``."""
+    return Path(root).resolve() / f"{resolve_preset(preset).name}-seed{seed}"
+
+
+def _stamp(preset: CorpusPreset, seed: int) -> dict[str, Any]:
+    data = asdict(preset)
+    data["held_out_accents"] = list(preset.held_out_accents)
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "preset": data,
+        "seed": seed,
+        "num_speakers": preset.num_speakers,
+        "num_utterances": preset.num_utterances,
+        "sample_rate": TARGET_SAMPLE_RATE,
+    }
+
+
+def _is_cached(directory: Path, expected: dict[str, Any]) -> bool:
+    stamp = directory / STAMP_NAME
+    if not stamp.is_file() or not (directory / MANIFEST_NAME).is_file():
+        return False
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8")) == expected
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@dataclass(frozen=True)
+class _SpeakerJob:
+    """What a worker needs to render one speaker (picklable for process pools)."""
+
+    speaker: SpeakerSpec
+    index: int
+    preset: CorpusPreset
+    seed: int
+    directory: Path
+
+
+def _render_utterance(job: _SpeakerJob, utt: int) -> Utterance:
+    """Text, voice and channel for utterance ``utt`` of a speaker; writes its WAV."""
+    spec, key = job.speaker, (job.seed, job.index, utt)
+    text = make_sentence(np.random.default_rng([*key, _TEXT]), job.preset.min_words, job.preset.max_words)
+    voice_seed = int(np.random.default_rng([*key, _VOICE]).integers(2**31 - 1))
+    samples, rate = synthesize(text, spec.voice, spec.pitch, spec.rate, seed=voice_seed)
+    if samples.size == 0:
+        raise RuntimeError(f"eSpeak NG produced no audio for {text!r} with voice {spec.voice!r}")
+    audio = apply_channel(
+        samples, rate, spec.channel, room_seed=[job.seed, job.index, _ROOM], noise_seed=[*key, _NOISE]
+    )
+    utt_id = f"{spec.speaker_id}-{utt:03d}"
+    path = job.directory / "wav" / spec.speaker_id / f"{utt_id}.wav"
+    sf.write(path, audio, TARGET_SAMPLE_RATE, subtype="PCM_16")
+    labels = {"id": utt_id, **spec.labels()}
+    return Utterance(str(path), text, spec.speaker_id, audio.size / TARGET_SAMPLE_RATE, labels)
+
+
+def _render_speaker(job: _SpeakerJob) -> list[Utterance]:
+    (job.directory / "wav" / job.speaker.speaker_id).mkdir(parents=True, exist_ok=True)
+    return [_render_utterance(job, utt) for utt in range(job.preset.utterances_per_speaker)]
+
+
+@contextlib.contextmanager
+def _single_torch_thread() -> Iterator[None]:
+    """Resampling on one thread: faster for short clips, and never thread-count dependent."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _render_all(jobs: Sequence[_SpeakerJob], num_workers: int) -> list[Utterance]:
+    """Rows in speaker order, whichever worker rendered which speaker."""
+    if num_workers <= 1:
+        with _single_torch_thread():
+            return [row for job in jobs for row in _render_speaker(job)]
+    # "spawn": workers start clean (no inherited eSpeak or torch thread state).
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(num_workers, initializer=_init_worker) as pool:
+        return [row for rows in pool.imap(_render_speaker, jobs, chunksize=1) for row in rows]
+
+
+def _default_workers(preset: CorpusPreset) -> int:
+    if preset.num_utterances < _MIN_UTTERANCES_FOR_WORKERS:
+        return 1
+    return os.cpu_count() or 1
+
+
+def generate_corpus(
+    root: str | Path,
+    preset: str | CorpusPreset = "tiny",
+    seed: int = 0,
+    num_workers: int | None = None,
+) -> Path:
+    """Generate (or reuse) the embedded corpus and return its manifest path.
+
+    Args:
+        root: folder holding corpora; this one goes to ``root/<preset>-seed<seed>``.
+        preset: ``"tiny"`` (seconds), ``"small"`` (minutes), ``"full"``, or a ``CorpusPreset``.
+        seed: the same seed gives a byte-identical manifest and identical audio.
+        num_workers: worker processes, one speaker at a time each; ``None`` uses
+            every CPU (and none for corpora too small to be worth it), ``0``/``1``
+            renders in this process.
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    preset = resolve_preset(preset)
+    directory = corpus_dir(root, preset, seed)
+    manifest = directory / MANIFEST_NAME
+    expected = _stamp(preset, seed)
+    if _is_cached(directory, expected):
+        return manifest
+    # Stale or partial: start from scratch so no file of an earlier run survives.
+    (directory / STAMP_NAME).unlink(missing_ok=True)
+    shutil.rmtree(directory / "wav", ignore_errors=True)
+    manifest.unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    speakers = make_speakers(
+        preset.num_speakers, seed, preset.held_out_accents, num_val=preset.num_val, num_test=preset.num_test
+    )
+    jobs = [_SpeakerJob(spec, index, preset, seed, directory) for index, spec in enumerate(speakers)]
+    workers = _default_workers(preset) if num_workers is None else num_workers
+    rows = _render_all(jobs, min(workers, len(jobs)))
+    write_manifest(rows, manifest, relative_to=directory)
+    stamp_tmp = directory / (STAMP_NAME + ".tmp")
+    stamp_tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    stamp_tmp.replace(directory / STAMP_NAME)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m metaspeech.datamodules.embedded.generate --root data --preset small``."""
+    parser = argparse.ArgumentParser(description="Generate the embedded eSpeak NG speech corpus.")
+    parser.add_argument("--root", default="data", help="folder for corpora (default: data)")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    print(generate_corpus(args.root, args.preset, args.seed, args.num_workers))
+
+
+if __name__ == "__main__":
+    # Run the package's copy of this module, so worker processes unpickle the same classes.
+    from metaspeech.datamodules.embedded import generate as _generate
+
+    _generate.main()
