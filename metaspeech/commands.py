@@ -97,11 +97,15 @@ def compare(argv: list[str]) -> int:
     parser.add_argument("--trainer", default="configs/trainer/cpu.yaml")
     parser.add_argument("--output", default="results/compare")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("overrides", nargs="*", help="extra CLI arguments, e.g. --trainer.max_steps=200")
+    parser.add_argument("--base_steps", type=int, default=0, help="outer steps of a shared joint-trained start (0: none)")
+    parser.add_argument("--base_config", default="configs/joint.yaml")
     args, unknown = parser.parse_known_args(argv)
     from metaspeech.experiment import run_comparison
 
-    summary = run_comparison(args.algorithms, args.data, args.trainer, Path(args.output), args.seeds, [*args.overrides, *unknown])
+    summary = run_comparison(
+        args.algorithms, args.data, args.trainer, Path(args.output), args.seeds, unknown,
+        base_config=args.base_config, base_steps=args.base_steps,
+    )
     print(summary["table"])
     print(json.dumps({"json": str(summary["json"]), "plot": str(summary["plot"])}))
     return 0

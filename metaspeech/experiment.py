@@ -17,9 +17,8 @@ from metaspeech.cli import build_cli
 from metaspeech.evaluation import AdaptationReport
 
 
-def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]) -> AdaptationReport:
-    """fit + test one configuration; returns its evaluation report."""
-    cli = build_cli(
+def _cli(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]):
+    return build_cli(
         [
             "--config", trainer_config, "--config", data_config, "--config", algorithm_config,
             f"--seed_everything={seed}", f"--trainer.default_root_dir={root}",
@@ -27,6 +26,22 @@ def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: 
         ],
         run=False,
     )
+
+
+def train_base(config: str, data_config: str, trainer_config: str, root: Path, seed: int, steps: int, overrides: list[str]) -> Path:
+    """Train the shared starting point (``steps`` outer steps of ``config``); returns its checkpoint."""
+    path = root / "base.ckpt"
+    if path.is_file():
+        return path
+    cli = _cli(config, data_config, trainer_config, root, seed, [*overrides, f"--trainer.max_steps={steps}"])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.save_checkpoint(path)
+    return path
+
+
+def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]) -> AdaptationReport:
+    """fit + test one configuration; returns its evaluation report."""
+    cli = _cli(algorithm_config, data_config, trainer_config, root, seed, overrides)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
     assert cli.model.last_report is not None
@@ -34,14 +49,31 @@ def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: 
 
 
 def run_comparison(
-    algorithm_configs: list[str], data_config: str, trainer_config: str, output: Path, seeds: list[int], overrides: list[str]
+    algorithm_configs: list[str],
+    data_config: str,
+    trainer_config: str,
+    output: Path,
+    seeds: list[int],
+    overrides: list[str],
+    base_config: str | None = None,
+    base_steps: int = 0,
 ) -> dict[str, Any]:
-    """All algorithms x seeds; writes ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png``."""
+    """All algorithms x seeds; writes ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png``.
+
+    With ``base_steps > 0`` every algorithm starts from the same model, first trained
+    for ``base_steps`` outer steps with ``base_config`` (per seed), and then gets the
+    same number of outer steps of its own: the comparison isolates what each
+    algorithm does with an equal budget from an equal start.
+    """
     results: dict[str, dict[int, AdaptationReport]] = defaultdict(dict)
-    for config in algorithm_configs:
-        name = Path(config).stem
-        for seed in seeds:
-            results[name][seed] = run_one(config, data_config, trainer_config, output / name / f"seed{seed}", seed, overrides)
+    for seed in seeds:
+        extra = list(overrides)
+        if base_steps > 0:
+            base = train_base(base_config or algorithm_configs[-1], data_config, trainer_config, output / "base" / f"seed{seed}", seed, base_steps, overrides)
+            extra.append(f"--model.init_from={base}")
+        for config in algorithm_configs:
+            name = Path(config).stem
+            results[name][seed] = run_one(config, data_config, trainer_config, output / name / f"seed{seed}", seed, extra)
     rows = summarize(results)
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "comparison.json"

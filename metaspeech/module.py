@@ -49,6 +49,8 @@ class MetaSpeechModule(L.LightningModule):
         test_shots: shot counts k of the evaluation protocol.
         test_steps: inner step counts s of the evaluation protocol (0 = no adaptation).
         results_dir: where ``test`` writes the table (JSON/CSV); default: the logger's folder.
+        init_from: a metaspeech checkpoint whose recognizer weights initialize this run (e.g. a
+            joint-trained base model that meta-training starts from); optimizer state is not taken.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class MetaSpeechModule(L.LightningModule):
         test_shots: list[int] | None = None,
         test_steps: list[int] | None = None,
         results_dir: str | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["recognizer", "algorithm"])
@@ -86,11 +89,22 @@ class MetaSpeechModule(L.LightningModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from:
+            self._load_recognizer_weights(self.hparams.init_from)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             self.tokenizer = datamodule.tokenizer
             self.feature_config = datamodule.feature_config
             self.frame_shift_seconds = self.feature_config.hop_ms / 1000.0
+
+    def _load_recognizer_weights(self, path: str) -> None:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        prefix = "model."
+        weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as err:
+            raise RuntimeError(f"model.init_from={path}: its recognizer does not match this one: {err}") from err
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

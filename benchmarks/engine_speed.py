@@ -1,0 +1,159 @@
+"""Engine vs the per-task reference loop: tasks per second and peak memory.
+
+    .venv/bin/python benchmarks/engine_speed.py                       # the issue's setting: T=8, k=5, 5 steps
+    .venv/bin/python benchmarks/engine_speed.py --tasks 4 8 16 --steps 1 5 10 --device cuda
+
+Each (algorithm, scope, T, steps, implementation) runs in a fresh subprocess so
+its peak memory (CPU: max RSS; CUDA: max allocated) is its own. Prints a table
+of ratios (engine / reference) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "hyperinit")
+SCOPES = {"lhuc": ["lhuc"], "head": ["head"], "lin+lhuc+head": ["lin", "lhuc", "head"]}
+
+
+def synthetic_meta_batch(tasks: int, shots: int, frames: int, vocab: int, seed: int = 0):
+    """Random features ``[T, k, frames, 80]`` and token targets, the size of ~2 s utterances."""
+    import torch
+
+    from metaspeech.batch import MetaBatch, TaskBatch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def part() -> TaskBatch:
+        feats = torch.randn(tasks, shots, frames, 80, generator=g)
+        lengths = torch.randint(frames * 3 // 4, frames + 1, (tasks, shots), generator=g)
+        tokens = torch.randint(1, vocab, (tasks, shots, 24), generator=g)
+        return TaskBatch((feats, lengths), (tokens, torch.full((tasks, shots), 24)))
+
+    return MetaBatch(support=part(), query=part())
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One configuration in this process: seconds per outer step and peak memory."""
+    import resource
+
+    import torch
+
+    from benchmarks.reference_loop import reference_outer_loss
+    from metaspeech.algorithms import FOMAML, MAML, HyperInit, Reptile
+    from metaspeech.learner import Learner
+    from metaspeech.losses import CTCLoss
+    from metaspeech.models import BiLSTMCTC
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = BiLSTMCTC().to(device)
+    scope = SCOPES[args.scope]
+    learner = Learner(model, CTCLoss(), scope)
+    algorithm = {"maml": MAML, "fomaml": FOMAML, "reptile": Reptile, "hyperinit": HyperInit}[args.algorithm](
+        inner_steps=args.steps, inner_lr=0.1
+    )
+    algorithm.setup(learner)
+    algorithm.to(device)
+    batch = synthetic_meta_batch(args.tasks, args.shots, args.frames, model.vocab_size)
+    batch = type(batch)(
+        support=_to(batch.support, device), query=_to(batch.query, device)
+    )
+
+    def engine_step() -> None:
+        algorithm.outer_loss(learner, batch).loss.backward()
+
+    def reference_step() -> None:
+        generator = None
+        if args.algorithm == "hyperinit":
+            fast = algorithm.initial_weights(learner, learner.prepare(batch.support))
+            generator = lambda t: {n: w[t] for n, w in fast.items()}  # noqa: E731
+        kind = args.algorithm if args.algorithm != "hyperinit" else "fomaml"
+        reference_outer_loss(model, learner.loss, learner.scope, batch, args.steps, 0.1, kind, generator).backward()
+
+    step = engine_step if args.implementation == "engine" else reference_step
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        model.zero_grad(set_to_none=True)
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / args.repeats
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds_per_step": seconds, "tasks_per_second": args.tasks / seconds, "peak_memory_mb": peak / 2**20}
+
+
+def _to(batch, device):
+    from metaspeech.batch import TaskBatch
+
+    return TaskBatch(tuple(x.to(device) for x in batch.inputs), tuple(y.to(device) for y in batch.targets))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--scopes", nargs="+", default=["lhuc", "head"], choices=list(SCOPES))
+    parser.add_argument("--tasks", type=int, nargs="+", default=[8])
+    parser.add_argument("--steps", type=int, nargs="+", default=[5])
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", default="results/benchmarks/engine_speed.json")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--algorithm", help=argparse.SUPPRESS)
+    parser.add_argument("--scope", help=argparse.SUPPRESS)
+    parser.add_argument("--implementation", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        args.tasks, args.steps = args.tasks[0], args.steps[0]
+        print(json.dumps(measure(args)))
+        return
+    rows = []
+    for algorithm, scope, tasks, steps in itertools.product(args.algorithms, args.scopes, args.tasks, args.steps):
+        row = {"algorithm": algorithm, "scope": scope, "tasks": tasks, "steps": steps}
+        for implementation in ("engine", "reference"):
+            row[implementation] = _run_one(args, algorithm, scope, tasks, steps, implementation)
+        row["speedup"] = row["engine"]["tasks_per_second"] / row["reference"]["tasks_per_second"]
+        row["memory_ratio"] = row["engine"]["peak_memory_mb"] / row["reference"]["peak_memory_mb"]
+        rows.append(row)
+        print(_format(row), flush=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"device": args.device, "shots": args.shots, "frames": args.frames, "rows": rows}, indent=2))
+    print(f"wrote {args.output}")
+
+
+def _run_one(args, algorithm: str, scope: str, tasks: int, steps: int, implementation: str) -> dict:
+    command = [
+        sys.executable, "-m", "benchmarks.engine_speed", "--one", "--algorithm", algorithm, "--scope", scope,
+        "--implementation", implementation, "--tasks", str(tasks), "--steps", str(steps), "--shots", str(args.shots),
+        "--frames", str(args.frames), "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _format(row: dict) -> str:
+    e, r = row["engine"], row["reference"]
+    return (
+        f"{row['algorithm']:>9} {row['scope']:>14} T={row['tasks']:<2} steps={row['steps']:<2} "
+        f"engine {e['tasks_per_second']:7.2f} tasks/s {e['peak_memory_mb']:7.0f} MB | "
+        f"loop {r['tasks_per_second']:7.2f} tasks/s {r['peak_memory_mb']:7.0f} MB | "
+        f"speedup x{row['speedup']:.2f}  memory x{row['memory_ratio']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
