@@ -1,0 +1,96 @@
+"""``UtteranceDataset``: precomputed features and transcripts, one item per utterance.
+
+Features are computed once (and cached on disk) before training, so an item is
+a cheap lookup: no audio is decoded in the training loop. Features may be kept
+in float16 to halve host memory; items always come out as float32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+FeatureTransform = Callable[[Tensor], Tensor]
+
+
+class UtteranceItem(NamedTuple):
+    """One utterance as the collate functions expect it.
+
+    ``features`` is float32 ``[frames, F]``; ``tokens`` is long ``[L]`` (``L`` may
+    be 0 when there is no transcript). ``index`` is the row in its dataset
+    (-1 when the item was built outside a dataset); :class:`MetaBatchCollator`
+    uses it to name each item's task.
+    """
+
+    features: Tensor
+    tokens: Tensor
+    text: str
+    utt_id: str
+    index: int = -1
+
+
+class UtteranceDataset(Dataset):
+    """Utterances with precomputed features.
+
+    Args:
+        features: per utterance a ``[frames, F]`` float16 or float32 tensor.
+        tokens: per utterance its token ids (a list of ints or a 1-D tensor).
+        texts: per utterance its normalized transcript.
+        ids: per utterance a unique id (used in reports).
+        transform: applied to the float32 features of every item (e.g. global CMVN).
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Tensor],
+        tokens: Sequence[Sequence[int] | Tensor],
+        texts: Sequence[str],
+        ids: Sequence[str],
+        transform: FeatureTransform | None = None,
+    ) -> None:
+        lengths = {"features": len(features), "tokens": len(tokens), "texts": len(texts), "ids": len(ids)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"UtteranceDataset needs one entry per utterance in every field, got {lengths}")
+        for row, feats in enumerate(features):
+            if feats.dim() != 2:
+                raise ValueError(f"features of utterance {ids[row]!r} must be [frames, F], got shape {tuple(feats.shape)}")
+        self.features = list(features)
+        self.tokens = list(tokens)
+        self.texts = list(texts)
+        self.ids = list(ids)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> UtteranceItem:
+        features = self.features[index].to(torch.float32)
+        if self.transform is not None:
+            features = self.transform(features)
+        tokens = torch.as_tensor(self.tokens[index], dtype=torch.long).reshape(-1)
+        return UtteranceItem(features, tokens, self.texts[index], self.ids[index], index)
+
+    @property
+    def feature_dim(self) -> int | None:
+        """``F`` of the features, or None for an empty dataset."""
+        return int(self.features[0].shape[1]) if self.features else None
+
+    def task_names(self, task_to_indices: Mapping[str, Sequence[int]]) -> list[str]:
+        """Per dataset row, the name of its task (``""`` for rows in no task).
+
+        This is the lookup :class:`~metaspeech.datamodules.collate.MetaBatchCollator`
+        needs to name the tasks of a meta-batch. A row listed under two tasks is
+        an error: episodes would then not be single-task.
+        """
+        names = [""] * len(self)
+        for name, indices in task_to_indices.items():
+            for index in indices:
+                if not 0 <= index < len(self):
+                    raise IndexError(f"task {name!r} lists row {index}, but the dataset has {len(self)} rows")
+                if names[index]:
+                    raise ValueError(f"row {index} ({self.ids[index]!r}) belongs to two tasks: {names[index]!r} and {name!r}")
+                names[index] = str(name)
+        return names
