@@ -209,7 +209,7 @@ class EpisodicDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         sampler = SpeakerEpisodeSampler(
             self.task_indices["train"], self.k_shot, self.q_query, self.tasks_per_batch,
-            self.batches_per_epoch, seed=self.seed, rank=rank, world_size=world,
+            self.batches_per_epoch, seed=self.seed, rank=rank, world_size=world, task_key=self.task_key,
         )
         if self._resume_state is not None:
             sampler.load_state_dict(self._resume_state)
@@ -224,7 +224,8 @@ class EpisodicDataModule(L.LightningDataModule):
     def _evaluation_loader(self, split: str) -> DataLoader:
         rank, world = self._rank_and_world()
         tasks = make_evaluation_tasks(
-            self.task_indices[split], self.eval_pool_size, self.eval_size, seed=self.seed, rank=rank, world_size=world
+            self.task_indices[split], self.eval_pool_size, self.eval_size, seed=self.seed, rank=rank, world_size=world,
+            task_key=self.task_key,
         )
         return DataLoader(EvaluationTaskDataset(self.datasets[split], tasks), batch_size=None, num_workers=self.num_workers)
 

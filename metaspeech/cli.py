@@ -39,7 +39,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MetaSpeechCLI:
         MetaSpeechModule,
         EpisodicDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"inference_mode": False},
+        trainer_defaults={"inference_mode": False, "use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,

@@ -1,0 +1,137 @@
+"""The ``metaspeech`` command end to end: every shipped config, fit/test, adapt/transcribe, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaspeech.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+ALGORITHM_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+DATA_CONFIGS = sorted(p.name for p in (REPO / "configs/data").glob("*.yaml"))
+TRAINER_CONFIGS = sorted(p.name for p in (REPO / "configs/trainer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", ALGORITHM_CONFIGS)
+def test_every_algorithm_config_runs_a_fast_dev_run(config: str, tiny_cli_args: list[str]) -> None:
+    main(["fit", *tiny_cli_args, "--config", str(REPO / "configs" / config), "--trainer.fast_dev_run=true"])
+
+
+@pytest.mark.parametrize("config", DATA_CONFIGS)
+def test_every_data_config_parses(config: str, tmp_path: Path) -> None:
+    from metaspeech.cli import build_cli
+
+    args = ["--config", str(REPO / "configs/maml.yaml"), "--config", str(REPO / "configs/data" / config), "--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", *args])
+    assert exit_info.value.code in (0, None)
+
+
+@pytest.mark.parametrize("config", TRAINER_CONFIGS)
+def test_every_trainer_config_parses(config: str, capsys) -> None:
+    from metaspeech.cli import build_cli
+
+    args = ["--config", str(REPO / "configs/trainer" / config), "--config", str(REPO / "configs/maml.yaml"),
+            "--config", str(REPO / "configs/data/embedded_tiny.yaml"), "--print_config"]
+    with pytest.raises(SystemExit):
+        build_cli(["fit", *args])
+    printed = capsys.readouterr().out
+    assert "trainer:" in printed and "inference_mode: false" in printed
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, corpus_root, feature_cache) -> Path:
+    """A FOMAML model meta-trained for a few steps on the tiny corpus, via the CLI."""
+    root = tmp_path_factory.mktemp("fit")
+    main([
+        "fit", "--config", str(REPO / "configs/data/embedded_tiny.yaml"), "--config", str(REPO / "configs/fomaml.yaml"),
+        f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
+        "--model.recognizer.init_args.d_model=48", "--model.recognizer.init_args.hidden_dim=48",
+        "--model.recognizer.init_args.num_layers=2", f"--trainer.default_root_dir={root}", "--trainer.max_steps=6",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1",
+        "--trainer.val_check_interval=3", "--trainer.check_val_every_n_epoch=null",
+    ])
+    checkpoints = sorted(root.rglob("*.ckpt"))
+    assert checkpoints, "fit wrote no checkpoint"
+    return checkpoints[-1]
+
+
+def test_fit_then_test_prints_and_writes_the_adaptation_table(trained_checkpoint, corpus_root, feature_cache, tmp_path, capsys) -> None:
+    main([
+        "test", "--config", str(REPO / "configs/data/embedded_tiny.yaml"), "--config", str(REPO / "configs/fomaml.yaml"),
+        f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
+        "--model.recognizer.init_args.d_model=48", "--model.recognizer.init_args.hidden_dim=48",
+        "--model.recognizer.init_args.num_layers=2", f"--model.results_dir={tmp_path}", "--trainer.logger=false",
+        f"--ckpt_path={trained_checkpoint}",
+    ])
+    out = capsys.readouterr().out
+    assert "adaptation on held-out speakers" in out
+    result = json.loads((tmp_path / "adaptation_fomaml.json").read_text())
+    cells = {(c["shots"], c["steps"]) for c in result["conditions"]}
+    assert cells == {(k, s) for k in (1, 3, 5) for s in (0, 1, 3)}
+    assert {r["task"] for r in result["records"]} and all(0 <= c["wer"] for c in result["conditions"])
+
+
+def test_checkpoint_loads_with_weights_only(trained_checkpoint) -> None:
+    checkpoint = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint["metaspeech"]["model"]["class_path"].endswith("BiLSTMCTC")
+    assert checkpoint["metaspeech"]["tokenizer"] is not None
+
+
+def _held_out_speaker(corpus_root: Path, tmp_path: Path) -> Path:
+    """Copy one meta-test speaker's recordings into a folder of x.wav + x.txt files."""
+    from metaspeech.manifest import read_manifest
+
+    rows = [r for r in read_manifest(next(corpus_root.glob("tiny-seed0/manifest.jsonl"))) if r.labels["split"] == "test"]
+    speaker = rows[0].speaker
+    folder = tmp_path / speaker
+    folder.mkdir()
+    for row in [r for r in rows if r.speaker == speaker][:5]:
+        target = folder / Path(row.audio_filepath).name
+        target.write_bytes(Path(row.audio_filepath).read_bytes())
+        target.with_suffix(".txt").write_text(row.text)
+    return folder
+
+
+def test_adapt_and_transcribe_a_held_out_speaker(trained_checkpoint, corpus_root, tmp_path, capsys) -> None:
+    folder = _held_out_speaker(corpus_root, tmp_path)
+    adaptation = tmp_path / "speaker.pt"
+    main(["adapt", "--checkpoint", str(trained_checkpoint), "--data", str(folder), "--output", str(adaptation), "--steps", "3"])
+    saved = torch.load(adaptation, weights_only=True)
+    assert saved["support_loss_after"] < saved["support_loss_before"]
+    assert saved["utterances"] == 5 and set(saved["fast_weights"])
+    capsys.readouterr()
+    wavs = sorted(str(p) for p in folder.glob("*.wav"))
+    main(["transcribe", "--checkpoint", str(trained_checkpoint), "--adaptation", str(adaptation), *wavs])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(wavs) and all("\t" in line for line in lines)
+
+
+def test_adapt_without_transcripts_is_a_one_line_error(trained_checkpoint, corpus_root, tmp_path, capsys) -> None:
+    folder = _held_out_speaker(corpus_root, tmp_path)
+    next(folder.glob("*.txt")).unlink()
+    with pytest.raises(SystemExit):
+        main(["adapt", "--checkpoint", str(trained_checkpoint), "--data", str(folder), "--output", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert "no transcript" in err and ".txt" in err
+
+
+def test_unknown_algorithm_class_path_is_a_clear_error(tiny_cli_args, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_cli_args, "--config", str(REPO / "configs/maml.yaml"),
+              "--model.algorithm.class_path=nowhere.NoSuchAlgorithm", "--trainer.fast_dev_run=true"])
+    assert "nowhere.NoSuchAlgorithm" in capsys.readouterr().err
+
+
+def test_incompatible_checkpoint_is_a_clear_error(trained_checkpoint, tmp_path, capsys) -> None:
+    broken = torch.load(trained_checkpoint, weights_only=True)
+    broken["metaspeech"]["model"]["init_args"]["hidden_dim"] = 7
+    path = tmp_path / "broken.ckpt"
+    torch.save(broken, path)
+    with pytest.raises(SystemExit):
+        main(["transcribe", "--checkpoint", str(path), str(tmp_path)])
+    assert "do not fit the model" in capsys.readouterr().err
