@@ -70,7 +70,11 @@ class MetaSpeechModule(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["recognizer", "algorithm"])
+        # Evaluation and output settings are not model hyperparameters: a checkpoint must not
+        # override them when a user tests it with other shots, steps or an output folder.
+        self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir", "init_from"])
+        self.results_dir = results_dir
+        self.init_from = init_from
         self.automatic_optimization = False
         self.model = recognizer
         self.algorithm = algorithm
@@ -89,8 +93,8 @@ class MetaSpeechModule(L.LightningModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from:
-            self._load_recognizer_weights(self.hparams.init_from)
+        if stage == "fit" and self.init_from:
+            self._load_recognizer_weights(self.init_from)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             self.tokenizer = datamodule.tokenizer
@@ -248,8 +252,8 @@ class MetaSpeechModule(L.LightningModule):
         return [x for part in gathered for x in part]
 
     def _results_dir(self) -> Path:
-        if self.hparams.results_dir:
-            return Path(self.hparams.results_dir)
+        if self.results_dir:
+            return Path(self.results_dir)
         log_dir = self.trainer.log_dir
         return Path(log_dir) if log_dir else Path("results")
 

@@ -43,15 +43,19 @@ def tiny_data(corpus_root: Path, feature_cache: Path):
 
 
 @pytest.fixture
-def tiny_cli_args(corpus_root: Path, feature_cache: Path, tmp_path: Path) -> list[str]:
-    """CLI arguments that point the shipped configs at the session's tiny corpus and a tiny model."""
-    model = [f"--model.recognizer.init_args.{k}={v}" for k, v in TINY_MODEL_ARGS.items()]
-    return [
-        "--config", str(REPO / "configs/data/embedded_tiny.yaml"),
-        f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
-        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-        *model,
-    ]
+def tiny_cli_args(corpus_root: Path, feature_cache: Path, tmp_path: Path):
+    """``args(algorithm_config)``: CLI arguments running a shipped algorithm config on the tiny corpus and model."""
+
+    def args(algorithm_config: str = "maml.yaml") -> list[str]:
+        model = [f"--model.recognizer.init_args.{k}={v}" for k, v in TINY_MODEL_ARGS.items()]
+        return [
+            "--config", str(REPO / "configs/data/embedded_tiny.yaml"), "--config", str(REPO / "configs" / algorithm_config),
+            f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            *model,
+        ]
+
+    return args
 
 
 @pytest.fixture(autouse=True)

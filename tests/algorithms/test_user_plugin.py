@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from metaspeech.algorithms import MetaAlgorithm
 from metaspeech.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 CALLS = {"step_size": 0}
 
 
@@ -24,7 +21,7 @@ class HalvingLR(MetaAlgorithm):
 
 def test_user_defined_plugin_is_selected_by_import_path_and_trains(tiny_cli_args) -> None:
     main([
-        "fit", *tiny_cli_args, "--config", str(REPO / "configs/maml.yaml"),
+        "fit", *tiny_cli_args("maml.yaml"),
         f"--model.algorithm.class_path={__name__}.HalvingLR", "--model.algorithm.init_args.inner_steps=2",
         "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
     ])

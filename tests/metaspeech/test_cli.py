@@ -18,7 +18,7 @@ TRAINER_CONFIGS = sorted(p.name for p in (REPO / "configs/trainer").glob("*.yaml
 
 @pytest.mark.parametrize("config", ALGORITHM_CONFIGS)
 def test_every_algorithm_config_runs_a_fast_dev_run(config: str, tiny_cli_args: list[str]) -> None:
-    main(["fit", *tiny_cli_args, "--config", str(REPO / "configs" / config), "--trainer.fast_dev_run=true"])
+    main(["fit", *tiny_cli_args(config), "--trainer.fast_dev_run=true"])
 
 
 @pytest.mark.parametrize("config", DATA_CONFIGS)
@@ -107,8 +107,8 @@ def test_adapt_and_transcribe_a_held_out_speaker(trained_checkpoint, corpus_root
     capsys.readouterr()
     wavs = sorted(str(p) for p in folder.glob("*.wav"))
     main(["transcribe", "--checkpoint", str(trained_checkpoint), "--adaptation", str(adaptation), *wavs])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(wavs) and all("\t" in line for line in lines)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert [line.split("\t")[0] for line in lines] == wavs
 
 
 def test_adapt_without_transcripts_is_a_one_line_error(trained_checkpoint, corpus_root, tmp_path, capsys) -> None:
@@ -122,8 +122,8 @@ def test_adapt_without_transcripts_is_a_one_line_error(trained_checkpoint, corpu
 
 def test_unknown_algorithm_class_path_is_a_clear_error(tiny_cli_args, capsys) -> None:
     with pytest.raises(SystemExit):
-        main(["fit", *tiny_cli_args, "--config", str(REPO / "configs/maml.yaml"),
-              "--model.algorithm.class_path=nowhere.NoSuchAlgorithm", "--trainer.fast_dev_run=true"])
+        main(["fit", *tiny_cli_args("maml.yaml"), "--model.algorithm.class_path=nowhere.NoSuchAlgorithm",
+              "--trainer.fast_dev_run=true"])
     assert "nowhere.NoSuchAlgorithm" in capsys.readouterr().err
 
 

@@ -13,7 +13,7 @@ ALGORITHMS = {
     "reptile": lambda: Reptile(inner_steps=2, inner_lr=0.5),
     "metasgd": lambda: MetaSGD(inner_steps=1, inner_lr=0.5, second_order=False),
     "hyperinit": lambda: HyperInit(inner_steps=1, inner_lr=0.5, embedding_dim=16),
-    "joint": lambda: JointTraining(inner_steps=2, inner_lr=0.5),
+    "joint": lambda: JointTraining(inner_steps=2, inner_lr=0.05),  # plain fine-tuning needs a smaller step
 }
 
 
