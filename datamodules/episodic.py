@@ -28,7 +28,7 @@ from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation
 from metaspeech.datamodules.dataset import UtteranceDataset
 from metaspeech.datamodules.sampler import SpeakerEpisodeSampler, make_evaluation_tasks
 from metaspeech.datamodules.validation import validate_utterances
-from metaspeech.features import FeatureCache, FeatureConfig, FeatureExtractor
+from metaspeech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
 from metaspeech.text import normalize_text
 from metaspeech.tokenizer import CharTokenizer
@@ -166,13 +166,13 @@ class EpisodicDataModule(L.LightningDataModule):
         for row in rows:
             by_split[self.split_of(row)].append(row)
         cache = FeatureCache(Path(self.cache_dir), self.feature_config)
-        extractor = FeatureExtractor(self.feature_config)
         for split in SPLITS:
             split_rows = by_split.get(split, [])
             features = cache.load_or_compute(
                 [r.audio_filepath for r in split_rows],
-                lambda path: extractor(load_audio(path, self.feature_config.sample_rate)),
-            ) if split_rows else []
+                lambda path: load_audio(path, self.feature_config.sample_rate),
+                num_workers=2,
+            )
             self.datasets[split] = UtteranceDataset(
                 features=features,
                 tokens=[self.tokenizer.encode(normalize_text(r.text)) for r in split_rows],

@@ -201,6 +201,11 @@ class MetaSpeechModule(L.LightningModule):
         references = item.evaluation.texts[0]
         ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
         for k in shots:
+            if k > item.pool.examples_per_task:
+                raise ValueError(
+                    f"model.test_shots asks for k={k} adaptation utterances but speaker {item.task!r} has an adaptation "
+                    f"pool of {item.pool.examples_per_task}: raise data.init_args.eval_pool_size or lower model.test_shots"
+                )
             support = item.pool.take(k)
             self._adaptation_seconds[(item.task, k)] = float(support.inputs[1].sum()) * self.frame_shift_seconds
             for s in steps:

@@ -65,7 +65,7 @@ def test_fit_then_test_prints_and_writes_the_adaptation_table(trained_checkpoint
         "test", "--config", str(REPO / "configs/data/embedded_tiny.yaml"), "--config", str(REPO / "configs/fomaml.yaml"),
         f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
         "--model.recognizer.init_args.d_model=48", "--model.recognizer.init_args.hidden_dim=48",
-        "--model.recognizer.init_args.num_layers=2", f"--model.results_dir={tmp_path}", "--trainer.logger=false",
+        "--model.recognizer.init_args.num_layers=2", f"--model.results_dir={tmp_path}", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
         f"--ckpt_path={trained_checkpoint}",
     ])
     out = capsys.readouterr().out

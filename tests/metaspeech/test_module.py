@@ -51,7 +51,7 @@ def test_non_finite_step_is_skipped_and_parameters_stay_finite(tiny_data, tiny_m
     def poisoned(fast, prepared, create_graph=False):
         calls["n"] += 1
         losses = original(fast, prepared, create_graph)
-        return losses * float("nan") if calls["n"] == 3 else losses
+        return losses * float("nan") if calls["n"] == 4 else losses  # the inner loss of step 2
 
     monkeypatch.setattr(model.learner, "losses", poisoned)
     tiny_trainer(max_steps=4).fit(model, datamodule=data)
