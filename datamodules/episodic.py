@@ -106,6 +106,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.task_indices: dict[str, dict[str, list[int]]] = {}
         self.train_sampler: SpeakerEpisodeSampler | None = None
         self._resume_state: dict[str, int] | None = None
+        self._audio_paths: dict[str, str] | None = None
 
     # ------------------------------------------------------------ to override
     def load_rows(self) -> list[Utterance]:
@@ -200,6 +201,14 @@ class EpisodicDataModule(L.LightningDataModule):
             groups[str(row.label(self.task_key))].append(index)
         return dict(groups)
 
+    def audio_path(self, utterance_id: str) -> str | None:
+        """The audio file of an utterance id (as in evaluation reports), or None if unknown."""
+        if self._audio_paths is None:
+            self._audio_paths = {}
+            for row in self.rows:
+                self._audio_paths.setdefault(row.utterance_id, row.audio_filepath)
+        return self._audio_paths.get(utterance_id)
+
     # ---------------------------------------------------------- dataloaders
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -250,3 +259,8 @@ class EpisodicDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             self._resume_state = dict(state)
+            # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader itself is stateful.
+            # This data module restores the sampler position from the checkpoint instead, so it is exact.
+            warnings.filterwarnings(
+                "ignore", message="You're resuming from a checkpoint that ended before the epoch ended", category=UserWarning
+            )

@@ -13,8 +13,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from metaspeech.checkpoint_io import use_atomic_checkpoint_io
 from metaspeech.datamodules.episodic import EpisodicDataModule
 from metaspeech.module import MetaSpeechModule
 
@@ -22,15 +24,28 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class MetaSpeechCLI(LightningCLI):
-    """LightningCLI with the links that keep model and data consistent.
+    """LightningCLI with the links that keep model and data consistent, and crash-safe checkpoints.
 
     The vocabulary size and the feature dimension come from the data module, so a
-    config never states them twice.
+    config never states them twice. Checkpoints are written atomically
+    (:class:`~metaspeech.checkpoint_io.AtomicCheckpointIO`): a job killed while saving
+    keeps its previous ``last.ckpt``.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.recognizer.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.feature_dim", "model.recognizer.init_args.input_dim", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured Trainer, writing checkpoints atomically (see :mod:`metaspeech.checkpoint_io`).
+
+        Installed here rather than as a ``trainer.plugins`` default so that a config listing
+        its own plugins (a cluster environment, a precision plugin) keeps crash-safe checkpoints;
+        a config naming a ``CheckpointIO`` other than Lightning's ``TorchCheckpointIO`` keeps it.
+        """
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoint_io(trainer)
+        return trainer
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MetaSpeechCLI:
@@ -54,7 +69,7 @@ def main(args: list[str] | None = None) -> Any:
         from metaspeech.commands import run_command
 
         return run_command(argv)
-    return build_cli(argv)
+    return build_cli(argv if args is not None else None)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

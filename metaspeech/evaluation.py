@@ -113,6 +113,39 @@ class AdaptationReport:
     def to_rows(self) -> list[dict[str, Any]]:
         return [asdict(c) for c in self.conditions()]
 
+    def speaker_rows(self) -> list[dict[str, Any]]:
+        """One row per (speaker, k, s): that speaker's WER, CER and word count."""
+        groups: dict[tuple[str, int, int], list[UtteranceRecord]] = defaultdict(list)
+        for r in self.records:
+            groups[(r.task, r.shots, r.steps)].append(r)
+        return [
+            {"speaker": task, "k": shots, "s": steps, "wer": _rate(rows, "word_errors", "words"),
+             "cer": _rate(rows, "char_errors", "chars"), "words": sum(r.words for r in rows)}
+            for (task, shots, steps), rows in sorted(groups.items())
+        ]
+
+    def curves(self) -> dict[int, list[tuple[int, float]]]:
+        """The adaptation curves: for every k, corpus WER against inner steps ``[(s, wer), ...]``."""
+        curves: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for c in self.conditions():
+            curves[c.shots].append((c.steps, c.wer))
+        return dict(curves)
+
+    def examples(self, count: int = 4) -> list[tuple[UtteranceRecord, UtteranceRecord | None]]:
+        """Up to ``count`` utterances of the most adapted condition (largest k, then s), one per speaker
+        first, each paired with its unadapted (s = 0) decoding."""
+        if not self.records:
+            return []
+        shots, steps = max((r.shots, r.steps) for r in self.records)
+        chosen = [r for r in self.records if (r.shots, r.steps) == (shots, steps)]
+        firsts: dict[str, UtteranceRecord] = {}
+        for r in chosen:
+            firsts.setdefault(r.task, r)
+        picked = {id(r) for r in firsts.values()}
+        ordered = list(firsts.values()) + [r for r in chosen if id(r) not in picked]
+        before = {(r.task, r.utterance): r for r in self.records if (r.shots, r.steps) == (shots, 0)}
+        return [(r, before.get((r.task, r.utterance))) for r in ordered[:count]]
+
     def write(self, directory: str | Path, name: str = "adaptation") -> dict[str, Path]:
         """Write ``<name>.json`` (table + per-utterance records) and ``<name>.csv`` (table)."""
         directory = Path(directory)
@@ -140,7 +173,7 @@ class AdaptationReport:
                 f"{100 * c.relative_wer_reduction:+.1f}", f"{100 * c.median_speaker_wer:.1f}",
                 f"{100 * c.speakers_worse:.0f}", str(c.speakers), f"{c.adaptation_seconds:.1f}",
             )
-        console = Console(width=120, record=True, force_terminal=False)
+        console = Console(width=120, record=True, force_terminal=False, force_jupyter=False)
         with console.capture() as capture:
             console.print(table)
         return capture.get()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -357,16 +356,10 @@ class FeatureCache:
             return None
 
     def _write(self, cache_file: Path, stored: dict[str, Tensor]) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=cache_file.stem, suffix=".tmp")
-        os.close(handle)
-        try:
-            payload = {"config": asdict(self.config), "paths": list(stored), "features": list(stored.values())}
-            torch.save(payload, tmp)
-            os.replace(tmp, cache_file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from metaspeech.checkpoint_io import save_atomically  # lazy: it imports Lightning
+
+        payload = {"config": asdict(self.config), "paths": list(stored), "features": list(stored.values())}
+        save_atomically(payload, cache_file)
 
 
 def _stat(path: str) -> os.stat_result:

@@ -8,8 +8,6 @@ LHUC scales, the input transform, the head) plus metadata, saved with
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from torch import Tensor
 
 from metaspeech.audio import load_audio
 from metaspeech.batch import TaskBatch
+from metaspeech.checkpoint_io import save_atomically  # noqa: F401 -- re-exported: adaptation files are saved with it
 from metaspeech.config import instantiate
 from metaspeech.features import FeatureConfig, FeatureExtractor
 from metaspeech.module import MetaSpeechModule
@@ -30,21 +29,6 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 class CheckpointError(ValueError):
     """A checkpoint or adaptation file cannot be used; the message says why and what to do."""
-
-
-def save_atomically(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:

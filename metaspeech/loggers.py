@@ -1,11 +1,24 @@
-"""Logging that works with no account and no network."""
+"""Logging that works with no account and no network.
+
+:class:`WandbLogger` runs offline unless credentials exist. :func:`log_adaptation_report`
+sends the evaluation protocol's results to whatever loggers a Trainer has: W&B gets
+tables, a WER-vs-steps chart and audio examples; CSV / TensorBoard loggers get the
+tables as CSV files next to their metrics.
+"""
 
 from __future__ import annotations
 
+import csv
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
+import numpy as np
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from metaspeech.evaluation import AdaptationReport
 
 
 def wandb_has_credentials() -> bool:
@@ -28,3 +41,79 @@ class WandbLogger(_LightningWandbLogger):
             offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(project=project, save_dir=save_dir, offline=offline, **kwargs)
+        # Lightning always passes ``anonymous`` (None when unset); wandb 0.31 deprecates the setting and
+        # warns on every run whenever it is passed at all.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
+# ---------------------------------------------------------------- test report
+AudioSource = Callable[[str], "np.ndarray | None"]
+
+
+def report_tables(report: AdaptationReport) -> dict[str, list[dict[str, Any]]]:
+    """The tables of a test report: conditions (the headline table), per speaker, and the curves."""
+    curve = [{"k": k, "s": s, "wer": wer} for k, points in report.curves().items() for s, wer in points]
+    return {"adaptation_table": report.to_rows(), "speaker_table": report.speaker_rows(), "adaptation_curve": curve}
+
+
+def example_clips(report: AdaptationReport, audio: AudioSource | None, count: int) -> list[tuple[np.ndarray, str]]:
+    """Up to ``count`` (waveform, caption) pairs of the most adapted condition; unreadable audio is left out."""
+    clips = []
+    for record, before in report.examples(count) if audio is not None else []:
+        waveform = audio(record.utterance)
+        if waveform is None:
+            continue
+        caption = f"{record.task} k={record.shots} s={record.steps} | ref: {record.reference} / hyp: {record.hypothesis}"
+        if before is not None and record.steps:
+            caption += f" / hyp without adaptation: {before.hypothesis}"
+        clips.append((waveform, caption))
+    return clips
+
+
+@rank_zero_only
+def log_adaptation_report(
+    loggers: Iterable[Logger], report: AdaptationReport, audio: AudioSource | None = None,
+    sample_rate: int = 16000, examples: int = 4,
+) -> None:
+    """Send a test report to every logger: W&B gets tables, a WER-vs-steps chart and audio examples;
+    loggers with a ``log_dir`` (CSV, TensorBoard) get the tables as CSV files in ``<log_dir>/tables``.
+    Runs on global rank 0 only (the report there already holds every rank's records)."""
+    for logger in loggers:
+        if isinstance(logger, _LightningWandbLogger):
+            log_report_to_wandb(logger, report, example_clips(report, audio, examples), sample_rate)
+        elif isinstance(getattr(logger, "log_dir", None), str):
+            write_report_tables(Path(logger.log_dir) / "tables", report)
+
+
+def log_report_to_wandb(logger: _LightningWandbLogger, report: AdaptationReport, clips: list[tuple[np.ndarray, str]], sample_rate: int) -> None:
+    """``test/<table>`` tables, the ``test/wer_vs_steps`` line chart (one line per k), ``test/audio_examples``."""
+    import wandb
+
+    for name, rows in report_tables(report).items():
+        if rows:
+            logger.log_table(key=f"test/{name}", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+    curves = report.curves()
+    if curves:
+        chart = wandb.plot.line_series(
+            xs=[[s for s, _ in points] for points in curves.values()], ys=[[w for _, w in points] for points in curves.values()],
+            keys=[f"k={k}" for k in curves], title="WER vs inner adaptation steps", xname="inner steps",
+        )
+        logger.experiment.log({"test/wer_vs_steps": chart})
+    if clips:
+        logger.log_audio(
+            "test/audio_examples", [c for c, _ in clips], caption=[t for _, t in clips], sample_rate=[sample_rate] * len(clips)
+        )
+
+
+def write_report_tables(directory: Path, report: AdaptationReport) -> dict[str, Path]:
+    """Each table of :func:`report_tables` as ``<directory>/test_<table>.csv``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in report_tables(report).items():
+        paths[name] = directory / f"test_{name}.csv"
+        with paths[name].open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["k"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return paths

@@ -6,25 +6,38 @@ everything around it: the single ``manual_backward`` (so DDP averages
 meta-gradients exactly once), gradient clipping, optimizer and scheduler,
 skipping steps with non-finite losses, logging, the evaluation protocol and
 what goes into a checkpoint.
+
+Randomness in a training step (dropout) comes from a generator seeded by
+``(run seed, global step, skipped steps, rank)`` inside the step, with the global
+RNG state forked around it. A step's random numbers therefore do not depend on
+what else drew from the global RNG before it (data loaders, validation), and a
+run resumed from a mid-epoch checkpoint repeats the uninterrupted run exactly:
+the run seed is saved in the checkpoint next to the sampler position.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.audio import AudioError, load_audio
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.ctc import greedy_decode
 from metaspeech.features import FeatureConfig
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.learner import FastWeights, Learner
+from metaspeech.loggers import log_adaptation_report
 from metaspeech.losses import CTCLoss
 from metaspeech.models.staged import StagedModel
+from metaspeech.randomness import seeded_rng
 from metaspeech.tokenizer import CharTokenizer
 
 INFERENCE_MODE_HELP = (
@@ -87,12 +100,20 @@ class MetaSpeechModule(L.LightningModule):
         self.feature_config = FeatureConfig()
         self.frame_shift_seconds = self.feature_config.hop_ms / 1000.0
         self.skipped_steps = 0
+        self.rng_seed: int | None = None  # base seed of training-step randomness; set at fit start or from a checkpoint
         self._records: list[UtteranceRecord] = []
         self._adaptation_seconds: dict[tuple[str, int], float] = {}
         self.last_report: AdaptationReport | None = None
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.rng_seed is None:
+            self.rng_seed = torch.initial_seed()  # the seed of seed_everything; a checkpoint's overrides it on resume
+        if stage == "fit":
+            # ModelCheckpoint(every_n_train_steps) warns that with manual optimization it saves the state *after*
+            # the optimizer step. That is the state this module's checkpoints must hold: it matches global_step,
+            # the optimizer and the sampler position, which is what makes resuming exact.
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
         if stage == "fit" and self.init_from:
             self._load_recognizer_weights(self.init_from)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -110,6 +131,19 @@ class MetaSpeechModule(L.LightningModule):
         except RuntimeError as err:
             raise RuntimeError(f"model.init_from={path}: its recognizer does not match this one: {err}") from err
 
+    def on_fit_start(self) -> None:
+        self._log_run_config()
+
+    def on_test_start(self) -> None:
+        self._log_run_config()
+
+    def _log_run_config(self) -> None:
+        """What ``save_hyperparameters`` leaves out: the recognizer, the algorithm, the scope, the protocol."""
+        config = {"recognizer": self.model.init_config, "algorithm": self.algorithm.init_config, "scope": self.scope,
+                  "test_shots": self.test_shots, "test_steps": self.test_steps}
+        for logger in self.loggers:
+            logger.log_hyperparams(config)
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         warmup = max(1, self.hparams.warmup_steps)
@@ -118,14 +152,25 @@ class MetaSpeechModule(L.LightningModule):
 
     # -------------------------------------------------------------- training
     def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
+        with self._step_rng():
+            self._training_step(batch, batch_idx)
+
+    def _step_rng(self) -> ContextManager[None]:
+        if self.rng_seed is None:
+            self.rng_seed = torch.initial_seed()
+        return seeded_rng(f"train-step:{self.rng_seed}:{self.global_step}:{self.skipped_steps}:{self.global_rank}", self.device)
+
+    def _training_step(self, batch: MetaBatch, batch_idx: int) -> None:
         optimizer = self.optimizers()
+        # Clear gradients before the plugin runs: a plugin may write ``.grad`` by hand in
+        # ``outer_loss`` (then calling ``MetaAlgorithm.all_reduce_gradients``); those must survive.
+        optimizer.zero_grad(set_to_none=True)
         result = self._outer_result(batch)
         finite = result is not None and bool(torch.isfinite(result.loss))
         if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
             return
-        optimizer.zero_grad(set_to_none=True)
         self.manual_backward(result.loss)
         grad_norm = self._gradient_norm()
         if self.hparams.max_grad_norm:
@@ -263,11 +308,20 @@ class MetaSpeechModule(L.LightningModule):
         return Path(log_dir) if log_dir else Path("results")
 
     def _log_report_tables(self, report: AdaptationReport) -> None:
-        for logger in self.loggers:
-            log_table = getattr(logger, "log_table", None)
-            if log_table is not None:
-                rows = report.to_rows()
-                log_table(key="test/adaptation_table", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+        """Tables, WER-vs-steps curves and audio examples to the loggers (rank 0; see ``metaspeech.loggers``)."""
+        log_adaptation_report(self.loggers, report, audio=self._example_audio, sample_rate=self.feature_config.sample_rate)
+
+    def _example_audio(self, utterance: str) -> np.ndarray | None:
+        """The waveform of a test utterance, when the data module knows its file."""
+        find = getattr(getattr(self.trainer, "datamodule", None), "audio_path", None)
+        path = find(utterance) if find is not None else None
+        if path is None:
+            return None
+        try:
+            return load_audio(path, self.feature_config.sample_rate).numpy()
+        except AudioError as err:
+            rank_zero_warn(f"no audio example for {utterance}: {err}")
+            return None
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -279,6 +333,7 @@ class MetaSpeechModule(L.LightningModule):
             "frame_shift_seconds": self.frame_shift_seconds,
             "features": self._feature_config(),
             "skipped_steps": self.skipped_steps,
+            "rng_seed": self.rng_seed,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -287,6 +342,8 @@ class MetaSpeechModule(L.LightningModule):
             self.tokenizer = CharTokenizer.from_dict(info["tokenizer"])
         self.frame_shift_seconds = info.get("frame_shift_seconds", self.frame_shift_seconds)
         self.skipped_steps = info.get("skipped_steps", 0)
+        if info.get("rng_seed") is not None:
+            self.rng_seed = int(info["rng_seed"])
 
     def _feature_config(self) -> dict[str, Any]:
         return dict(vars(self.feature_config))

@@ -1,0 +1,125 @@
+"""Crash-safe files: a checkpoint on disk is always either the old one or the new one, never half of one.
+
+Lightning 2.6's ``TorchCheckpointIO`` serializes a checkpoint into memory, then
+writes it inside an fsspec transaction, which for a local path writes a
+temporary file in the *system* temp folder and ``shutil.move``\\ s it over the
+target. When the temp folder and the checkpoint folder are on different file
+systems (``/tmp`` on tmpfs, checkpoints on a network or scratch disk: the usual
+cluster layout) that move is a copy, so a job killed mid-copy (a SLURM time
+limit, an OOM kill) leaves a truncated ``last.ckpt`` and no way to resume; the
+data is never ``fsync``\\ ed either, so a node crash can lose a checkpoint that
+was reported as saved.
+
+:func:`save_atomically` writes a temporary file *in the target's folder*,
+flushes and ``fsync``\\ s it, ``os.replace``\\ s it over the target (atomic on
+POSIX and Windows) and ``fsync``\\ s the folder. :class:`AtomicCheckpointIO` is
+the Lightning plugin that uses it for local paths (remote URLs keep
+Lightning's own handling); the ``metaspeech`` CLI installs it in every Trainer
+whose checkpoint IO is Lightning's default (:func:`use_atomic_checkpoint_io`).
+``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` with a full save
+through this plugin, so ``last.ckpt`` is atomic too (``save_last="link"``
+instead removes and re-creates a symlink, which is not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.utils import get_protocol
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temporary_name(path: str | Path) -> Path:
+    """A fresh hidden name next to ``path`` for writing before the rename: ``.<name>.<random>.tmp``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def save_atomically(obj: Any, path: str | Path, fsync: bool = True) -> Path:
+    """``torch.save(obj)`` to ``path`` so that ``path`` is always complete: the old file or the new one.
+
+    The data goes to a temporary file in the same folder (same file system, so the final
+    ``os.replace`` is an atomic rename), is flushed and ``fsync``\\ ed, then renamed over
+    ``path``; the folder is ``fsync``\\ ed so the rename survives a power loss. On any error
+    the temporary file is removed and ``path`` is untouched. A process killed mid-write
+    leaves only a hidden ``.<name>.*.tmp`` file behind, never a damaged ``path``. If
+    ``path`` is a symlink, the link is replaced, not the file it points to.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    # os.open with 0o666 applies the umask: the file gets the permissions a plain open() would give.
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with crash-safe local writes (:func:`save_atomically`).
+
+    Loading and removal are Lightning's; remote paths (``s3://``, ...) are saved by Lightning.
+    Use it explicitly with ``Trainer(plugins=[AtomicCheckpointIO()])``; the ``metaspeech`` CLI
+    installs it by default.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        local = str(path)
+        if storage_options is not None or get_protocol(local) not in ("file", "local"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        save_atomically(checkpoint, local.split("://", 1)[1] if "://" in local else local)
+
+
+def use_atomic_checkpoint_io(trainer: Any) -> CheckpointIO:
+    """Give ``trainer`` an :class:`AtomicCheckpointIO` where it would use Lightning's default ``TorchCheckpointIO``.
+
+    Any other checkpoint IO (a user's plugin, XLA's, a sharded strategy's) is left alone; an
+    ``AsyncCheckpointIO`` wrapper around the default gets the atomic plugin inside. Returns the
+    strategy's checkpoint IO afterwards.
+    """
+    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+    strategy = trainer.strategy
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+    elif isinstance(current, _WrappingCheckpointIO):
+        inner = current.checkpoint_io
+        if inner is None:
+            current.checkpoint_io = AtomicCheckpointIO()
+        elif type(inner) is TorchCheckpointIO:
+            current._checkpoint_io = AtomicCheckpointIO()
+    return strategy.checkpoint_io
