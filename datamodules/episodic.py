@@ -209,6 +209,21 @@ class EpisodicDataModule(L.LightningDataModule):
                 self._audio_paths.setdefault(row.utterance_id, row.audio_filepath)
         return self._audio_paths.get(utterance_id)
 
+    def task_groups(self, split: str = "test") -> dict[str, str]:
+        """``task -> "seen accent" | "unseen accent"`` for the held-out tasks of ``split``.
+
+        Why: cross-accent adaptation is reported separately for accents that never occur
+        in meta-training. Empty when rows carry no ``accent`` label.
+        """
+        rows = self.rows
+        if not any("accent" in r.labels for r in rows):
+            return {}
+        seen = {r.labels.get("accent") for r in rows if self.split_of(r) == "train"}
+        return {
+            str(r.label(self.task_key)): "seen accent" if r.labels.get("accent") in seen else "unseen accent"
+            for r in rows if self.split_of(r) == split
+        }
+
     # ---------------------------------------------------------- dataloaders
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -72,12 +72,27 @@ class ConditionResult:
 class AdaptationReport:
     """Aggregate :class:`UtteranceRecord` rows into the protocol's table.
 
-    ``adaptation_seconds[(task, k)]`` is the audio duration of the k adaptation utterances.
+    ``adaptation_seconds[(task, k)]`` is the audio duration of the k adaptation utterances;
+    ``groups[task]`` an optional group label (e.g. ``"unseen accent"``) reported separately.
     """
 
-    def __init__(self, records: Iterable[UtteranceRecord], adaptation_seconds: dict[tuple[str, int], float] | None = None):
+    def __init__(
+        self,
+        records: Iterable[UtteranceRecord],
+        adaptation_seconds: dict[tuple[str, int], float] | None = None,
+        groups: dict[str, str] | None = None,
+    ):
         self.records = list(records)
         self.adaptation_seconds = adaptation_seconds or {}
+        self.groups = {task: group for task, group in (groups or {}).items() if any(r.task == task for r in self.records)}
+
+    def group_names(self) -> list[str]:
+        return sorted(set(self.groups.values()))
+
+    def subset(self, group: str) -> "AdaptationReport":
+        """The report restricted to the tasks labelled ``group``."""
+        tasks = {task for task, g in self.groups.items() if g == group}
+        return AdaptationReport([r for r in self.records if r.task in tasks], self.adaptation_seconds)
 
     def conditions(self) -> list[ConditionResult]:
         cells: dict[tuple[int, int], list[UtteranceRecord]] = defaultdict(list)
@@ -152,7 +167,11 @@ class AdaptationReport:
         directory.mkdir(parents=True, exist_ok=True)
         rows = self.to_rows()
         json_path, csv_path = directory / f"{name}.json", directory / f"{name}.csv"
-        json_path.write_text(json.dumps({"conditions": rows, "records": [asdict(r) for r in self.records]}, indent=2))
+        by_group = {group: self.subset(group).to_rows() for group in self.group_names()}
+        json_path.write_text(json.dumps(
+            {"conditions": rows, "groups": by_group, "task_groups": self.groups, "records": [asdict(r) for r in self.records]},
+            indent=2,
+        ))
         with csv_path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["shots"])
             writer.writeheader()
@@ -176,7 +195,24 @@ class AdaptationReport:
         console = Console(width=120, record=True, force_terminal=False, force_jupyter=False)
         with console.capture() as capture:
             console.print(table)
+            if self.group_names():
+                console.print(self._group_table())
         return capture.get()
+
+    def _group_table(self):  # type: ignore[no-untyped-def]
+        """WER % per group of speakers (e.g. seen vs unseen accents), one row per (k, s)."""
+        from rich.table import Table
+
+        names = self.group_names()
+        table = Table(title="WER % by speaker group")
+        for column in ("k", "steps", *(f"{n} ({sum(g == n for g in self.groups.values())} spk)" for n in names)):
+            table.add_column(column, justify="right")
+        cells = {n: {(c.shots, c.steps): c for c in self.subset(n).conditions()} for n in names}
+        for c in self.conditions():
+            table.add_row(str(c.shots), str(c.steps), *(
+                f"{100 * cells[n][(c.shots, c.steps)].wer:.1f} ({100 * cells[n][(c.shots, c.steps)].relative_wer_reduction:+.0f}%)"
+                if (c.shots, c.steps) in cells[n] else "-" for n in names))
+        return table
 
 
 def _rate(rows: list[UtteranceRecord], errors: str, total: str) -> float:

@@ -282,7 +282,8 @@ class MetaSpeechModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         records, seconds = self._gather(self._records), self._gather([self._adaptation_seconds])
         merged_seconds = {key: value for part in seconds for key, value in part.items()}
-        report = AdaptationReport(records, merged_seconds)
+        task_groups = getattr(getattr(self.trainer, "datamodule", None), "task_groups", None)
+        report = AdaptationReport(records, merged_seconds, groups=task_groups("test") if task_groups else None)
         self.last_report = report
         for c in report.conditions():
             self.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)

@@ -268,3 +268,15 @@ def test_interrupted_or_stale_corpus_is_regenerated(tmp_path: Path, monkeypatch:
 def test_unknown_preset_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown corpus preset"):
         generate_corpus(tmp_path, "huge")
+
+
+def test_held_out_speakers_are_grouped_by_whether_their_accent_was_seen_in_meta_training(tiny_data) -> None:
+    data = tiny_data()
+    groups = data.task_groups("test")
+    test_speakers = {r.speaker for r in data.rows if r.labels["split"] == "test"}
+    assert set(groups) == test_speakers
+    train_accents = {r.labels["accent"] for r in data.rows if r.labels["split"] == "train"}
+    for row in data.rows:
+        if row.speaker in groups:
+            assert groups[row.speaker] == ("seen accent" if row.labels["accent"] in train_accents else "unseen accent")
+    assert "unseen accent" in groups.values()

@@ -52,3 +52,16 @@ def test_report_writes_json_and_csv_and_renders(tmp_path) -> None:
     assert paths["csv"].read_text().splitlines()[0].startswith("shots,steps,wer")
     text = report.render()
     assert "33.3" in text
+
+
+def test_speaker_groups_are_reported_separately(tmp_path) -> None:
+    report = AdaptationReport(_records(), groups={"a": "seen accent", "b": "unseen accent", "absent": "seen accent"})
+    assert report.group_names() == ["seen accent", "unseen accent"]
+    seen = {c.steps: c for c in report.subset("seen accent").conditions()}
+    unseen = {c.steps: c for c in report.subset("unseen accent").conditions()}
+    assert (seen[0].wer, seen[5].wer, seen[5].relative_wer_reduction) == (0.5, 0.0, 1.0)
+    assert (unseen[0].wer, unseen[5].wer) == (0.0, 1.0)
+    data = json.loads(report.write(tmp_path, name="g")["json"].read_text())
+    assert data["task_groups"] == {"a": "seen accent", "b": "unseen accent"}
+    assert [c["wer"] for c in data["groups"]["unseen accent"]] == [0.0, 1.0]
+    assert "unseen accent (1 spk)" in report.render()
