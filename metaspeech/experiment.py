@@ -78,35 +78,42 @@ def run_comparison(
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "comparison.json"
     json_path.write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=2))
-    table = markdown_table(rows)
+    table = markdown_report(rows)
     (output / "comparison.md").write_text(table + "\n")
     plot = plot_wer_vs_steps(rows, output / "wer_vs_steps.png")
     return {"rows": rows, "table": table, "json": json_path, "plot": plot}
 
 
 def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str, Any]]:
-    """One row per (algorithm, k, s): WER/CER mean and standard deviation over seeds."""
+    """One row per (algorithm, speaker group, k, s): WER/CER mean and standard deviation over seeds.
+
+    ``group`` is ``"all"`` for every held-out speaker, else a report group such as ``"unseen accent"``.
+    """
     rows = []
     for name, by_seed in results.items():
-        cells: dict[tuple[int, int], list[Any]] = defaultdict(list)
+        cells: dict[tuple[str, int, int], list[Any]] = defaultdict(list)
         for report in by_seed.values():
-            for c in report.conditions():
-                cells[(c.shots, c.steps)].append(c)
-        for (shots, steps), conditions in sorted(cells.items()):
+            parts = [("all", report)] + [(group, report.subset(group)) for group in report.group_names()]
+            for group, part in parts:
+                for c in part.conditions():
+                    cells[(group, c.shots, c.steps)].append(c)
+        for (group, shots, steps), conditions in sorted(cells.items(), key=lambda item: (item[0][0] != "all", item[0])):
             wers = [c.wer for c in conditions]
             rows.append({
-                "algorithm": name, "shots": shots, "steps": steps,
+                "algorithm": name, "group": group, "shots": shots, "steps": steps,
                 "wer": statistics.mean(wers), "wer_std": statistics.pstdev(wers),
                 "cer": statistics.mean(c.cer for c in conditions),
                 "relative_wer_reduction": statistics.mean(c.relative_wer_reduction for c in conditions),
                 "speakers_worse": statistics.mean(c.speakers_worse for c in conditions),
+                "speakers": conditions[0].speakers,
                 "seeds": len(conditions),
             })
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Side-by-side WER (%) per algorithm, one line per (k, s)."""
+def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
+    """Side-by-side WER % (mean ± std over seeds, relative reduction vs s = 0) per algorithm, one line per (k, s)."""
+    rows = [r for r in rows if r.get("group", "all") == group]
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
     grid = {(r["algorithm"], r["shots"], r["steps"]): r for r in rows}
     conditions = sorted({(r["shots"], r["steps"]) for r in rows})
@@ -121,6 +128,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_report(rows: list[dict[str, Any]]) -> str:
+    """The table over all held-out speakers, then one per speaker group (e.g. unseen accents)."""
+    groups = list(dict.fromkeys(r.get("group", "all") for r in rows))
+    parts = []
+    for group in groups:
+        speakers = next(r["speakers"] for r in rows if r.get("group", "all") == group)
+        title = "All held-out speakers" if group == "all" else f"Held-out speakers, {group}"
+        parts.append(f"**{title}** ({speakers} speakers)\n\n{markdown_table(rows, group)}")
+    return "\n\n".join(parts)
+
+
 def plot_wer_vs_steps(rows: list[dict[str, Any]], path: Path) -> Path:
     """WER against inner steps, one panel per k, one line per algorithm."""
     import matplotlib
@@ -132,7 +150,8 @@ def plot_wer_vs_steps(rows: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(shots), figsize=(4 * len(shots), 3.2), squeeze=False, sharey=True)
     for ax, k in zip(axes[0], shots):
         for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
-            points = sorted((r["steps"], 100 * r["wer"]) for r in rows if r["algorithm"] == algorithm and r["shots"] == k)
+            points = sorted((r["steps"], 100 * r["wer"]) for r in rows
+                            if r["algorithm"] == algorithm and r["shots"] == k and r.get("group", "all") == "all")
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=algorithm)
         ax.set_title(f"k = {k} utterances")
         ax.set_xlabel("inner steps")

@@ -1,0 +1,57 @@
+"""The compare path: same budget for every algorithm, one table over seeds and speaker groups, one plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metaspeech.evaluation import AdaptationReport, score_utterance
+from metaspeech.experiment import markdown_report, run_comparison, summarize
+from tests.conftest import REPO, TINY_MODEL_ARGS
+
+
+def _report(errors_after: int) -> AdaptationReport:
+    records = [
+        score_utterance("a", 1, 0, "u", "one two three four", "one two"),  # 2 / 4
+        score_utterance("a", 1, 2, "u", "one two three four", " ".join(["one", "two", "three", "four"][: 4 - errors_after])),
+        score_utterance("b", 1, 0, "v", "five six", "five six"),
+        score_utterance("b", 1, 2, "v", "five six", "five six"),
+    ]
+    return AdaptationReport(records, groups={"a": "seen accent", "b": "unseen accent"})
+
+
+def test_summary_averages_seeds_and_reports_each_group() -> None:
+    rows = summarize({"maml": {0: _report(0), 1: _report(2)}})
+    overall = {(r["shots"], r["steps"]): r for r in rows if r["group"] == "all"}
+    assert overall[(1, 0)]["wer"] == pytest.approx(2 / 6)
+    assert overall[(1, 2)]["wer"] == pytest.approx((0 / 6 + 2 / 6) / 2)
+    assert overall[(1, 2)]["wer_std"] == pytest.approx(1 / 6)
+    assert overall[(1, 2)]["seeds"] == 2
+    seen = {r["steps"]: r for r in rows if r["group"] == "seen accent"}
+    assert seen[2]["wer"] == pytest.approx((0 + 0.5) / 2) and seen[2]["speakers"] == 1
+    text = markdown_report(rows)
+    assert "**All held-out speakers** (2 speakers)" in text and "**Held-out speakers, unseen accent** (1 speakers)" in text
+    assert "| 1 | 2 | 16.7 ± 16.7 (+50.0) |" in text
+
+
+def test_compare_runs_every_algorithm_from_one_shared_base(corpus_root, feature_cache, tmp_path) -> None:
+    overrides = [
+        f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
+        *[f"--model.recognizer.init_args.{k}={v}" for k, v in TINY_MODEL_ARGS.items()],
+        "--trainer.max_steps=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2", "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=[]", "--model.test_shots=[1,3]", "--model.test_steps=[0,2]",
+    ]
+    summary = run_comparison(
+        [str(REPO / "configs/fomaml.yaml"), str(REPO / "configs/joint.yaml")], str(REPO / "configs/data/embedded_tiny.yaml"),
+        str(REPO / "configs/trainer/cpu.yaml"), tmp_path, [0], overrides,
+        base_config=str(REPO / "configs/joint.yaml"), base_steps=2,
+    )
+    assert (tmp_path / "base" / "seed0" / "base.ckpt").is_file()
+    rows = json.loads(summary["json"].read_text())["rows"]
+    assert {r["algorithm"] for r in rows} == {"fomaml", "joint"}
+    assert {(r["shots"], r["steps"]) for r in rows if r["group"] == "all"} == {(1, 0), (1, 2), (3, 0), (3, 2)}
+    assert {r["group"] for r in rows} >= {"all", "unseen accent"}
+    assert summary["plot"].stat().st_size > 1000
+    assert "fomaml WER %" in (tmp_path / "comparison.md").read_text()
