@@ -1,0 +1,55 @@
+"""Quality benchmark: every algorithm and the joint-training baseline, same budget, several seeds.
+
+    .venv/bin/python benchmarks/adaptation.py                      # the recorded setting (BENCHMARKS.md)
+    .venv/bin/python benchmarks/adaptation.py --seeds 0 --algorithms fomaml joint --steps 20 --base_steps 50
+
+Protocol (see DESIGN.md): per seed, one shared start is trained with joint
+multi-speaker training for ``--base_steps`` outer steps; every algorithm then
+gets the same ``--steps`` outer steps of its own from that start, and is tested
+on the held-out speakers of the embedded ``small`` corpus (adaptation pool vs a
+disjoint evaluation set; k in {1, 5, 10}, s in {0, 1, 5, 10}). Held-out speakers
+of accents never seen in meta-training are reported separately. Writes
+``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png`` to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "hyperinit", "metasgd", "anil", "joint")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), help="config names under configs/")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--base_steps", type=int, default=300, help="joint-training steps of the shared start")
+    parser.add_argument("--steps", type=int, default=60, help="outer steps each algorithm gets from the shared start")
+    parser.add_argument("--data", default="configs/data/embedded_small.yaml")
+    parser.add_argument("--trainer", default="configs/trainer/cpu.yaml")
+    parser.add_argument("--output", default="results/benchmarks/adaptation")
+    args, extra = parser.parse_known_args()
+
+    from metaspeech.experiment import run_comparison
+
+    overrides = [
+        f"--trainer.max_steps={args.steps}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=[]", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", *extra,
+    ]
+    start = time.perf_counter()
+    summary = run_comparison(
+        [str(REPO / "configs" / f"{name}.yaml") for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),
+        Path(args.output), args.seeds, overrides, base_config=str(REPO / "configs/joint.yaml"), base_steps=args.base_steps,
+    )
+    print(summary["table"])
+    print(f"wrote {summary['json']}, {summary['plot']} in {(time.perf_counter() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
