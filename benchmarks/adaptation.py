@@ -36,12 +36,9 @@ def main() -> None:
     parser.add_argument("--output", default="results/benchmarks/adaptation")
     args, extra = parser.parse_known_args()
 
-    from metaspeech.experiment import run_comparison
+    from metaspeech.experiment import QUICK_RUN, run_comparison
 
-    overrides = [
-        f"--trainer.max_steps={args.steps}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-        "--trainer.callbacks=[]", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", *extra,
-    ]
+    overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, *extra]
     start = time.perf_counter()
     summary = run_comparison(
         [str(REPO / "configs" / f"{name}.yaml") for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),

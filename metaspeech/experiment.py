@@ -16,6 +16,12 @@ from typing import Any
 from metaspeech.cli import build_cli
 from metaspeech.evaluation import AdaptationReport
 
+QUICK_RUN = [
+    "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
+    "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+]
+"""Overrides for comparison runs: no per-run logging, checkpoints or meta-validation (the test is the result)."""
+
 
 def _cli(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]):
     return build_cli(
@@ -35,7 +41,7 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
         return path
     cli = _cli(config, data_config, trainer_config, root, seed, [*overrides, f"--trainer.max_steps={steps}"])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    cli.trainer.save_checkpoint(path)
+    cli.trainer.save_checkpoint(path, weights_only=True)  # a start point: weights, no optimizer state
     return path
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from metaspeech.evaluation import AdaptationReport, score_utterance
-from metaspeech.experiment import markdown_report, run_comparison, summarize
+from metaspeech.cli import main
+from metaspeech.experiment import markdown_report, summarize
 from tests.conftest import REPO, TINY_MODEL_ARGS
 
 
@@ -35,23 +36,20 @@ def test_summary_averages_seeds_and_reports_each_group() -> None:
     assert "| 1 | 2 | 16.7 ± 16.7 (+50.0) |" in text
 
 
-def test_compare_runs_every_algorithm_from_one_shared_base(corpus_root, feature_cache, tmp_path) -> None:
-    overrides = [
+def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:
+    """``metaspeech demo`` (the README's main job) end to end on the tiny corpus with a tiny budget."""
+    monkeypatch.chdir(REPO)
+    main([
+        "demo", "--preset", "tiny", "--base_steps", "2", "--steps", "2", "--output", str(tmp_path),
         f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
         *[f"--model.recognizer.init_args.{k}={v}" for k, v in TINY_MODEL_ARGS.items()],
-        "--trainer.max_steps=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-        "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2", "--trainer.enable_checkpointing=false",
-        "--trainer.callbacks=[]", "--model.test_shots=[1,3]", "--model.test_steps=[0,2]",
-    ]
-    summary = run_comparison(
-        [str(REPO / "configs/fomaml.yaml"), str(REPO / "configs/joint.yaml")], str(REPO / "configs/data/embedded_tiny.yaml"),
-        str(REPO / "configs/trainer/cpu.yaml"), tmp_path, [0], overrides,
-        base_config=str(REPO / "configs/joint.yaml"), base_steps=2,
-    )
+        "--model.test_shots=[1,3]", "--model.test_steps=[0,2]",
+    ])
+    printed = capsys.readouterr().out
+    assert "fomaml WER %" in printed and "joint WER %" in printed and "unseen accent" in printed
     assert (tmp_path / "base" / "seed0" / "base.ckpt").is_file()
-    rows = json.loads(summary["json"].read_text())["rows"]
+    rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
     assert {r["algorithm"] for r in rows} == {"fomaml", "joint"}
     assert {(r["shots"], r["steps"]) for r in rows if r["group"] == "all"} == {(1, 0), (1, 2), (3, 0), (3, 2)}
     assert {r["group"] for r in rows} >= {"all", "unseen accent"}
-    assert summary["plot"].stat().st_size > 1000
-    assert "fomaml WER %" in (tmp_path / "comparison.md").read_text()
+    assert (tmp_path / "wer_vs_steps.png").stat().st_size > 1000
