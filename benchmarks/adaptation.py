@@ -34,9 +34,21 @@ def main() -> None:
     parser.add_argument("--data", default="configs/data/embedded_small.yaml")
     parser.add_argument("--trainer", default="configs/trainer/cpu.yaml")
     parser.add_argument("--output", default="results/benchmarks/adaptation")
+    parser.add_argument("--summarize_only", action="store_true",
+                        help="re-build the table from the per-run JSON already under --output (e.g. runs done in parts)")
     args, extra = parser.parse_known_args()
 
-    from metaspeech.experiment import QUICK_RUN, run_comparison
+    from metaspeech.experiment import QUICK_RUN, collect_reports, run_comparison, write_comparison
+
+    if args.summarize_only:
+        results = collect_reports(Path(args.output))
+        if not results:
+            raise SystemExit(f"no <algorithm>/seed<N>/adaptation_*.json under {args.output}: run the benchmark first")
+        seeds = sorted({seed for by_seed in results.values() for seed in by_seed})
+        summary = write_comparison(results, seeds, Path(args.output))
+        print(summary["table"])
+        print(f"wrote {summary['json']}, {summary['plot']}")
+        return
 
     overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, *extra]
     start = time.perf_counter()

@@ -86,6 +86,12 @@ class AdaptationReport:
         self.adaptation_seconds = adaptation_seconds or {}
         self.groups = {task: group for task, group in (groups or {}).items() if any(r.task == task for r in self.records)}
 
+    @classmethod
+    def load(cls, json_path: str | Path) -> "AdaptationReport":
+        """A report from the JSON that :meth:`write` produced (records and task groups)."""
+        data = json.loads(Path(json_path).read_text())
+        return cls([UtteranceRecord(**r) for r in data["records"]], groups=data.get("task_groups"))
+
     def group_names(self) -> list[str]:
         return sorted(set(self.groups.values()))
 

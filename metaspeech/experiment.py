@@ -80,6 +80,19 @@ def run_comparison(
         for config in algorithm_configs:
             name = Path(config).stem
             results[name][seed] = run_one(config, data_config, trainer_config, output / name / f"seed{seed}", seed, extra)
+    return write_comparison(results, seeds, output)
+
+
+def collect_reports(output: Path) -> dict[str, dict[int, AdaptationReport]]:
+    """Every ``<output>/<algorithm>/seed<N>/adaptation_*.json`` written by earlier runs, to re-summarize them."""
+    results: dict[str, dict[int, AdaptationReport]] = defaultdict(dict)
+    for path in sorted(output.glob("*/seed*/adaptation_*.json")):
+        results[path.parts[-3]][int(path.parent.name.removeprefix("seed"))] = AdaptationReport.load(path)
+    return dict(results)
+
+
+def write_comparison(results: dict[str, dict[int, AdaptationReport]], seeds: list[int], output: Path) -> dict[str, Any]:
+    """Summarize ``results`` into ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png`` under ``output``."""
     rows = summarize(results)
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "comparison.json"

@@ -65,3 +65,10 @@ def test_speaker_groups_are_reported_separately(tmp_path) -> None:
     assert data["task_groups"] == {"a": "seen accent", "b": "unseen accent"}
     assert [c["wer"] for c in data["groups"]["unseen accent"]] == [0.0, 1.0]
     assert "unseen accent (1 spk)" in report.render()
+
+
+def test_report_round_trips_through_its_json(tmp_path) -> None:
+    report = AdaptationReport(_records(), groups={"a": "seen accent", "b": "unseen accent"})
+    loaded = AdaptationReport.load(report.write(tmp_path, name="r")["json"])
+    assert loaded.records == report.records and loaded.groups == report.groups
+    assert [c.wer for c in loaded.conditions()] == [c.wer for c in report.conditions()]

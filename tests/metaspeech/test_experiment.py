@@ -53,3 +53,14 @@ def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_
     assert {(r["shots"], r["steps"]) for r in rows if r["group"] == "all"} == {(1, 0), (1, 2), (3, 0), (3, 2)}
     assert {r["group"] for r in rows} >= {"all", "unseen accent"}
     assert (tmp_path / "wer_vs_steps.png").stat().st_size > 1000
+
+
+def test_comparison_can_be_rebuilt_from_runs_done_in_parts(tmp_path) -> None:
+    from metaspeech.experiment import collect_reports, write_comparison
+
+    for algorithm, seed, errors in (("maml", 0, 0), ("maml", 1, 2), ("joint", 0, 1)):
+        _report(errors).write(tmp_path / algorithm / f"seed{seed}", name=f"adaptation_{algorithm}")
+    results = collect_reports(tmp_path)
+    assert {name: sorted(by_seed) for name, by_seed in results.items()} == {"joint": [0], "maml": [0, 1]}
+    rows = write_comparison(results, [0, 1], tmp_path)["rows"]
+    assert {(r["algorithm"], r["seeds"]) for r in rows if r["group"] == "all"} == {("maml", 2), ("joint", 1)}
