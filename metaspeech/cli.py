@@ -33,6 +33,11 @@ class MetaSpeechCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from jsonargparse import lazy_instance
+
+        from metaspeech.datamodules import EmbeddedCorpus
+
+        parser.set_defaults({"data": lazy_instance(EmbeddedCorpus)})  # a config without data runs on the embedded corpus
         parser.link_arguments("data.vocab_size", "model.recognizer.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.feature_dim", "model.recognizer.init_args.input_dim", apply_on="instantiate")
 
