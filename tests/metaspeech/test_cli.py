@@ -139,6 +139,6 @@ def test_incompatible_checkpoint_is_a_clear_error(trained_checkpoint, tmp_path, 
 
 def test_a_config_without_data_defaults_to_the_embedded_corpus(capsys) -> None:
     with pytest.raises(SystemExit):
-        build_cli(["fit", "--config", str(REPO / "configs/maml.yaml"), "--print_config"])
+        main(["fit", "--config", str(REPO / "configs/maml.yaml"), "--print_config"])
     printed = capsys.readouterr().out
     assert "class_path: metaspeech.datamodules.EmbeddedCorpus" in printed and "preset: small" in printed
