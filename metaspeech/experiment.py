@@ -136,7 +136,8 @@ def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
     grid = {(r["algorithm"], r["shots"], r["steps"]): r for r in rows}
     conditions = sorted({(r["shots"], r["steps"]) for r in rows})
-    header = "| k | steps | " + " | ".join(f"{a} WER % (rel. red.)" for a in algorithms) + " |"
+    seeds = {a: max(r["seeds"] for r in rows if r["algorithm"] == a) for a in algorithms}
+    header = "| k | steps | " + " | ".join(f"{a} WER % (rel. red.), {seeds[a]} seed(s)" for a in algorithms) + " |"
     lines = [header, "|" + "---|" * (2 + len(algorithms))]
     for shots, steps in conditions:
         cells = []
