@@ -143,7 +143,8 @@ def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
         cells = []
         for a in algorithms:
             r = grid.get((a, shots, steps))
-            cells.append("-" if r is None else f"{100 * r['wer']:.1f} ± {100 * r['wer_std']:.1f} ({100 * r['relative_wer_reduction']:+.1f})")
+            spread = f" ± {100 * r['wer_std']:.1f}" if r is not None and r["seeds"] > 1 else ""
+            cells.append("-" if r is None else f"{100 * r['wer']:.1f}{spread} ({100 * r['relative_wer_reduction']:+.1f})")
         lines.append(f"| {shots} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
