@@ -56,7 +56,7 @@ class EmbeddedCorpus(EpisodicDataModule):
         generate_corpus(self.root, self.preset, seed=self.corpus_seed, num_workers=self.generation_workers)
 
     def load_rows(self) -> list[Utterance]:
-        self.prepare_corpus()
+        # generate_corpus returns at once when the corpus is cached (normally by prepare_data).
         manifest = generate_corpus(self.root, self.preset, seed=self.corpus_seed, num_workers=self.generation_workers)
         return read_manifest(manifest)
 

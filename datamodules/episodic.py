@@ -51,6 +51,10 @@ class EvaluationTaskDataset(Dataset):
         return EvaluationBatch(pool=pool, evaluation=evaluation, task=name)
 
 
+FEATURE_THREADS = 2
+"""Threads that decode audio and compute features on a cache miss (torchaudio releases the GIL)."""
+
+
 class EpisodicDataModule(L.LightningDataModule):
     """Base data module: subclasses implement :meth:`load_rows`.
 
@@ -172,7 +176,7 @@ class EpisodicDataModule(L.LightningDataModule):
             features = cache.load_or_compute(
                 [r.audio_filepath for r in split_rows],
                 lambda path: load_audio(path, self.feature_config.sample_rate),
-                num_workers=2,
+                num_workers=FEATURE_THREADS,
             )
             self.datasets[split] = UtteranceDataset(
                 features=features,
