@@ -1,6 +1,6 @@
 """Algorithm plugins. Select one from YAML by class path, e.g. ``metaspeech.algorithms.MAML``."""
 
-from metaspeech.algorithms.base import Adaptation, MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.algorithms.base import Adaptation, InnerGradientOverflowError, MetaAlgorithm, NonFiniteLossError, OuterResult
 from metaspeech.algorithms.hyperinit import HyperInit
 from metaspeech.algorithms.joint import JointTraining
 from metaspeech.algorithms.maml import FOMAML, MAML
@@ -11,6 +11,7 @@ __all__ = [
     "Adaptation",
     "FOMAML",
     "HyperInit",
+    "InnerGradientOverflowError",
     "JointTraining",
     "MAML",
     "MetaAlgorithm",

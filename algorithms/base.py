@@ -37,10 +37,18 @@ from metaspeech.learner import FastWeights, Learner, PreparedTasks
 class NonFiniteLossError(FloatingPointError):
     """An inner-loop loss was NaN/inf; ``tasks`` lists the offending task indices."""
 
-    def __init__(self, step: int, tasks: list[int]) -> None:
-        super().__init__(f"non-finite inner-loop loss at inner step {step} for task(s) {tasks}")
+    def __init__(self, step: int, tasks: list[int], message: str | None = None) -> None:
+        super().__init__(message or f"non-finite inner-loop loss at inner step {step} for task(s) {tasks}")
         self.step = step
         self.tasks = tasks
+
+
+class InnerGradientOverflowError(NonFiniteLossError):
+    """A loss-scaled inner-loop gradient overflowed (fp16): retry with a smaller ``inner_loss_scale``."""
+
+    def __init__(self, step: int, scale: float) -> None:
+        super().__init__(step, [], f"inner-loop gradient overflowed at inner step {step} with loss scale {scale:g}")
+        self.scale = scale
 
 
 @dataclass
@@ -67,6 +75,11 @@ class OuterResult:
 class MetaAlgorithm(RecordsInitArgs, nn.Module):
     """Base class: MAML-style inner loop of SGD steps on the support set, query loss outside.
 
+    ``inner_loss_scale`` multiplies the support loss before ``autograd.grad`` and divides the
+    gradients after (PyTorch's AMP "gradient penalty" recipe): under ``16-mixed`` the Lightning
+    module sets it from the GradScaler every step, so small inner gradients do not underflow in
+    float16. It stays 1.0 in float32 and bf16.
+
     Args:
         inner_steps: inner SGD steps during meta-training.
         inner_lr: inner learning rate, or one per step (a list of length ``inner_steps``).
@@ -88,6 +101,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         self.inner_lr = list(inner_lr) if isinstance(inner_lr, (list, tuple)) else float(inner_lr)
         self.second_order = second_order
         self.eval_inner_lr = eval_inner_lr
+        self.inner_loss_scale = 1.0
 
     def setup(self, learner: Learner) -> None:
         """Create meta-parameters that depend on the adaptation scope (called once, before training)."""
@@ -126,12 +140,29 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
             losses = learner.losses(fast, prepared, create_graph=create_graph)
             self._check_finite(losses, step)
             history.append(losses.detach())
-            grads = torch.autograd.grad(losses.sum(), list(fast.values()), create_graph=create_graph, allow_unused=True)
+            grads = self.inner_gradients(losses, fast, create_graph, step)
             fast = {
                 name: w if g is None else w - self.step_size(step, name) * g
                 for (name, w), g in zip(fast.items(), grads)
             }
         return Adaptation(fast=fast, inner_losses=history)
+
+    def inner_gradients(self, losses: Tensor, fast: FastWeights, create_graph: bool, step: int = 0) -> list[Tensor | None]:
+        """Gradient of ``losses.sum()`` (``[T]``) w.r.t. every fast weight, loss-scaled by ``inner_loss_scale``.
+
+        Each task's gradient lands in its own ``[t]`` slice. Raises
+        :class:`InnerGradientOverflowError` when a scaled gradient is not finite.
+        """
+        scale = self.inner_loss_scale
+        total = losses.sum() if scale == 1.0 else losses.sum() * scale
+        grads = torch.autograd.grad(total, list(fast.values()), create_graph=create_graph, allow_unused=True)
+        if scale == 1.0:
+            return list(grads)
+        grads = [None if g is None else g * (1.0 / scale) for g in grads]
+        present = [g for g in grads if g is not None]
+        if present and not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):
+            raise InnerGradientOverflowError(step, scale)
+        return grads
 
     def outer_loss(self, learner: Learner, batch: MetaBatch) -> OuterResult:
         """MAML objective: mean query loss of the adapted fast weights over the T tasks."""

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.algorithms.base import InnerGradientOverflowError, MetaAlgorithm, NonFiniteLossError, OuterResult
 from metaspeech.audio import AudioError, load_audio
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.ctc import greedy_decode
@@ -165,19 +165,44 @@ class MetaSpeechModule(L.LightningModule):
         # Clear gradients before the plugin runs: a plugin may write ``.grad`` by hand in
         # ``outer_loss`` (then calling ``MetaAlgorithm.all_reduce_gradients``); those must survive.
         optimizer.zero_grad(set_to_none=True)
+        scaler = self._grad_scaler()
+        self.algorithm.inner_loss_scale = scaler.get_scale() if scaler is not None else 1.0
         result = self._outer_result(batch)
         finite = result is not None and bool(torch.isfinite(result.loss))
         if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            self.skipped_steps += 1
-            self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
+            self._skip_step(scaler)
             return
         self.manual_backward(result.loss)
-        grad_norm = self._gradient_norm()
+        optimizer.step()  # gradient norm and clipping: on_before_optimizer_step, after fp16 unscaling
+        self.lr_schedulers().step()
+        self._log_training(batch, result, batch_idx)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the gradient norm and clip it.
+
+        Lightning calls this inside ``optimizer.step()`` after unscaling fp16 gradients; clipping
+        right after ``manual_backward`` would clip the loss-scaled gradients under ``16-mixed``.
+        """
+        self.log("train/grad_norm", self._gradient_norm())
         if self.hparams.max_grad_norm:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
-        self.lr_schedulers().step()
-        self._log_training(batch, result, grad_norm, batch_idx)
+
+    def _skip_step(self, scaler: torch.amp.GradScaler | None) -> None:
+        """Skip this outer step on every rank; under fp16 also lower the loss scale, as GradScaler does on overflow.
+
+        Every rank takes the same decision, so the scales stay equal across ranks.
+        """
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
+        if scaler is not None:
+            state = scaler.state_dict()
+            scaler.load_state_dict({**state, "scale": state["scale"] * state["backoff_factor"], "_growth_tracker": 0})
+
+    def _grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 loss scaler of a ``16-mixed`` Trainer; None in float32 and bf16."""
+        plugin = self._trainer.precision_plugin if self._trainer is not None else None
+        scaler = getattr(plugin, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
 
     def _outer_result(self, batch: MetaBatch) -> OuterResult | None:
         try:
@@ -190,9 +215,9 @@ class MetaSpeechModule(L.LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
 
-    def _log_training(self, batch: MetaBatch, result: OuterResult, grad_norm: Tensor, batch_idx: int) -> None:
+    def _log_training(self, batch: MetaBatch, result: OuterResult, batch_idx: int) -> None:
         post = result.query_losses.mean()
-        logs = {"train/outer_loss": result.loss.detach(), "train/query_loss_post": post, "train/grad_norm": grad_norm,
+        logs = {"train/outer_loss": result.loss.detach(), "train/query_loss_post": post,
                 "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0])}
         for step, losses in enumerate(result.inner_losses):
             logs[f"train/inner_loss_step{step}"] = losses.mean()
@@ -210,13 +235,27 @@ class MetaSpeechModule(L.LightningModule):
 
     # ----------------------------------------------------- test-time adaptation
     def adapt(self, support: TaskBatch, steps: int) -> FastWeights:
-        """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``."""
+        """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``.
+
+        Under ``16-mixed`` the inner loss is scaled by the Trainer's GradScaler scale, halved
+        until the inner gradients are finite.
+        """
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE_HELP)
+        scaler = self._grad_scaler()
+        scale = scaler.get_scale() if scaler is not None else 1.0
         with torch.enable_grad():
             with torch.no_grad():
                 prepared = self.learner.prepare(support)
-            adaptation = self.algorithm.adapt(self.learner, prepared, steps=steps, create_graph=False)
+            while True:
+                self.algorithm.inner_loss_scale = scale
+                try:
+                    adaptation = self.algorithm.adapt(self.learner, prepared, steps=steps, create_graph=False)
+                    break
+                except InnerGradientOverflowError:
+                    if scale <= 1.0:
+                        raise
+                    scale = max(1.0, scale / 2)
         return {name: w.detach() for name, w in adaptation.fast.items()}
 
     @torch.no_grad()

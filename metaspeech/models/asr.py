@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchaudio.models.conformer import ConformerLayer
 
 from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
 from metaspeech.models.staged import Stage, StagedModel
@@ -93,17 +92,75 @@ def gather_time(x: Tensor, index: Tensor) -> Tensor:
     return torch.gather(x, 1, index.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+class FeedForward(nn.Module):
+    """Pre-norm Conformer feed-forward module: ``[N, frames, D] -> [N, frames, D]``, per frame."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.SiLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, dim), nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvolutionModule(nn.Module):
+    """Conformer convolution module with per-frame LayerNorm and masked padding.
+
+    ``x [N, frames, D]``, ``padding [N, frames]`` (True on padded frames) -> ``[N, frames, D]``.
+    Padded frames are zeroed before the depthwise convolution, so they never reach valid frames.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, dropout: float) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd so the convolution keeps every frame centred, got {kernel_size}")
+        self.norm = nn.LayerNorm(dim)
+        self.pointwise_in = nn.Conv1d(dim, 2 * dim, 1)
+        self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.depthwise_norm = nn.LayerNorm(dim)
+        self.pointwise_out = nn.Conv1d(dim, dim, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        h = nn.functional.glu(self.pointwise_in(self.norm(x).transpose(1, 2)), dim=1)
+        h = self.depthwise(h.masked_fill(padding[:, None, :], 0.0))
+        h = nn.functional.silu(self.depthwise_norm(h.transpose(1, 2)))
+        return self.dropout(self.pointwise_out(h.transpose(1, 2)).transpose(1, 2))
+
+
 class ConformerBlock(nn.Module):
-    """torchaudio's ``ConformerLayer`` with a padding mask built from lengths."""
+    """A Conformer layer (Gulati et al., 2020): half feed-forward, self-attention, convolution, half feed-forward.
+
+    The structure of torchaudio's ``ConformerLayer``, with one difference that matters here:
+    every utterance is processed as if it were alone in the batch. The engine runs all tasks
+    of a meta-batch as one batch, so torchaudio's BatchNorm (statistics over the batch, padding
+    included) would couple tasks, break "each task's gradient is its own slice", and its double
+    backward gives NaN under fp16. This block normalizes each frame with LayerNorm and masks
+    padding in attention and convolution.
+    """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, kernel_size: int, dropout: float) -> None:
         super().__init__()
-        self.layer = ConformerLayer(dim, ffn_dim, heads, kernel_size, dropout=dropout)
+        self.ffn1 = FeedForward(dim, ffn_dim, dropout)
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attention_dropout = nn.Dropout(dropout)
+        self.convolution = ConvolutionModule(dim, kernel_size, dropout)
+        self.ffn2 = FeedForward(dim, ffn_dim, dropout)
+        self.final_norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
-        out = self.layer(x.transpose(0, 1), padding)
-        return out.transpose(0, 1), lengths
+        x = x + 0.5 * self.ffn1(x)
+        h = self.attention_norm(x)
+        h = self.attention(h, h, h, key_padding_mask=padding, need_weights=False)[0]
+        x = x + self.attention_dropout(h)
+        x = x + self.convolution(x, padding)
+        x = x + 0.5 * self.ffn2(x)
+        return self.final_norm(x), lengths
 
 
 class OutputHead(nn.Module):
@@ -194,10 +251,10 @@ class BiLSTMCTC(CTCRecognizer):
 
 
 class ConformerCTC(CTCRecognizer):
-    """Conv subsampling + torchaudio Conformer layers + CTC head.
+    """Conv subsampling + Conformer layers (:class:`ConformerBlock`) + CTC head.
 
-    Args mirror :class:`BiLSTMCTC`; ``heads``, ``ffn_dim`` and ``kernel_size`` configure
-    torchaudio's ``ConformerLayer``.
+    Args mirror :class:`BiLSTMCTC`; ``heads``, ``ffn_dim`` and ``kernel_size`` (odd) configure
+    each :class:`ConformerBlock`.
     """
 
     def __init__(

@@ -95,3 +95,77 @@ def test_bf16_mixed_trainer_runs_second_order_maml(tiny_data, tiny_module, tiny_
     assert module.skipped_steps == 0
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def _fp16_trainer(tiny_trainer, init_scale: float, **overrides):
+    """A CPU Trainer with fp16 autocast and a GradScaler: what ``precision="16-mixed"`` does on a GPU.
+
+    (Lightning maps ``16-mixed`` on CPU to bf16, so the plugin is given explicitly. cuDNN-free
+    fp16 LSTMs do not run on CPU; the Conformer recognizer does.)
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    return tiny_trainer(plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], limit_val_batches=0, **overrides)
+
+
+def _tiny_conformer_module(algorithm, **kwargs):
+    from metaspeech.models import ConformerCTC
+    from metaspeech.module import MetaSpeechModule
+
+    torch.manual_seed(0)
+    recognizer = ConformerCTC(vocab_size=29, input_dim=80, d_model=32, num_layers=1, heads=2, ffn_dim=64, kernel_size=3,
+                              adapter_dim=8, dropout=0.0)
+    return MetaSpeechModule(recognizer, algorithm, lr=3e-3, warmup_steps=1, **kwargs)
+
+
+def test_fp16_mixed_scales_the_inner_loss_and_clips_unscaled_gradients(tiny_data, tiny_trainer) -> None:
+    grad_norms = {}
+    for precision in ("32", "16"):
+        module = _tiny_conformer_module(MAML(inner_steps=1, inner_lr=0.5), max_grad_norm=1e-3)
+        if precision == "16":
+            trainer = _fp16_trainer(tiny_trainer, init_scale=2.0**8, max_steps=1)
+        else:
+            trainer = tiny_trainer(max_steps=1, limit_val_batches=0)
+        trainer.fit(module, datamodule=tiny_data())
+        grad_norms[precision] = float(trainer.callback_metrics["train/grad_norm"])
+        assert module.skipped_steps == 0
+        assert all(torch.isfinite(p).all() for p in module.parameters())
+        clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None]))
+        assert clipped == pytest.approx(1e-3, rel=1e-3), f"{precision}: gradients were not clipped after unscaling"
+    assert module.algorithm.inner_loss_scale == 2.0**8, "the inner loop did not use the GradScaler's scale"
+    assert 0.8 < grad_norms["16"] / grad_norms["32"] < 1.25, f"logged gradient norm is loss-scaled: {grad_norms}"
+
+
+def test_fp16_skipped_step_backs_off_the_loss_scale(tiny_data, tiny_trainer, monkeypatch) -> None:
+    module = _tiny_conformer_module(FOMAML(inner_steps=1, inner_lr=0.5))
+    original = module.learner.losses
+    calls = {"n": 0}
+
+    def poisoned(fast, prepared, create_graph=False):
+        calls["n"] += 1
+        losses = original(fast, prepared, create_graph)
+        return losses * float("nan") if calls["n"] == 1 else losses
+
+    monkeypatch.setattr(module.learner, "losses", poisoned)
+    trainer = _fp16_trainer(tiny_trainer, init_scale=2.0**12, max_steps=2)
+    trainer.fit(module, datamodule=tiny_data())
+    assert module.skipped_steps == 1
+    assert trainer.precision_plugin.scaler.get_scale() == 2.0**11
+
+
+def test_fp16_test_time_adaptation_lowers_the_loss_when_the_scale_overflows(tiny_data, tiny_trainer) -> None:
+    data = tiny_data()
+    module = _tiny_conformer_module(FOMAML(inner_steps=1, inner_lr=0.5))
+    trainer = _fp16_trainer(tiny_trainer, init_scale=2.0**12, max_steps=5)
+    trainer.fit(module, datamodule=data)
+    scaler = trainer.precision_plugin.scaler
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0**60})  # the inner gradients overflow at this scale
+    data.setup("validate")
+    item = next(iter(data.val_dataloader()))
+    with torch.autocast("cpu", dtype=torch.float16):
+        before = module.evaluation_loss(item.pool, module.learner.expand(module.learner.init_weights(), 1)).mean()
+        fast = module.adapt(item.pool, steps=3)
+        after = module.evaluation_loss(item.pool, fast).mean()
+    assert module.algorithm.inner_loss_scale < 2.0**60
+    assert torch.isfinite(after) and after < before

@@ -54,3 +54,20 @@ def test_recognizer_output_shapes_and_log_probabilities(model_class) -> None:
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 24))
     stages = list(model.stages)
     assert stages[:3] == ["lin", "subsample", "proj"] and stages[-1] == "head" and "lhuc1" in stages
+
+
+@pytest.mark.parametrize("model_class", [BiLSTMCTC, ConformerCTC])
+def test_each_utterance_is_recognized_as_if_it_were_alone_in_the_batch(model_class) -> None:
+    """The engine runs all tasks of a meta-batch as one batch: nothing may couple examples or leak padding.
+
+    Checked in training mode (no dropout), where batch statistics would couple examples.
+    """
+    torch.manual_seed(0)
+    model = model_class(vocab_size=29, input_dim=40, d_model=32, num_layers=2, adapter_dim=4, dropout=0.0, **(
+        {"hidden_dim": 24} if model_class is BiLSTMCTC else {"heads": 2, "ffn_dim": 48, "kernel_size": 5})).train()
+    features, lengths = torch.randn(3, 101, 40), torch.tensor([101, 80, 33])
+    features[1, 80:] = 7.0  # padding content must not matter either
+    batched, out_lengths = model(features, lengths)[:2]
+    for i in range(3):
+        alone = model(features[i : i + 1, : lengths[i]], lengths[i : i + 1])[0][0]
+        torch.testing.assert_close(batched[i, : out_lengths[i]], alone, atol=1e-5, rtol=1e-5)
