@@ -125,7 +125,9 @@ def _final_log_likelihood(alpha: Tensor, target_lengths: Tensor) -> Tensor:
     end_blank = alpha.gather(1, last).squeeze(1)
     end_label = alpha.gather(1, (last - 1).clamp(min=0)).squeeze(1)
     end_label = torch.where(target_lengths > 0, end_label, alpha.new_tensor(_LOG_ZERO))
-    return torch.logaddexp(end_blank, end_label)
+    # Not torch.logaddexp: its double backward is NaN when one side is the finite log-zero
+    # and the other is not (an utterance with exactly the minimum number of frames).
+    return torch.logsumexp(torch.stack([end_blank, end_label]), dim=0)
 
 
 def _handle_impossible(loss: Tensor, input_lengths: Tensor, target_lengths: Tensor, zero_infinity: bool) -> Tensor:

@@ -173,6 +173,13 @@ class MetaSpeechModule(L.LightningModule):
             self._skip_step(scaler)
             return
         self.manual_backward(result.loss)
+        if scaler is None and not bool(torch.isfinite(self._gradient_norm())):
+            # A finite loss can still have a NaN/inf gradient; it must not reach the weights. (Under fp16
+            # the GradScaler skips such a step itself.) Gradients are already averaged over ranks here,
+            # so every rank takes the same decision.
+            self.print(f"skipping outer step {self.global_step}: non-finite meta-gradient")
+            self._skip_step(None)
+            return
         optimizer.step()  # gradient norm and clipping: on_before_optimizer_step, after fp16 unscaling
         self.lr_schedulers().step()
         self._log_training(batch, result, batch_idx)

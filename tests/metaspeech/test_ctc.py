@@ -137,6 +137,24 @@ def test_gradgradcheck_on_tiny_case() -> None:
     assert torch.autograd.gradgradcheck(loss, (logits,))
 
 
+def test_gradgradcheck_at_the_minimum_number_of_frames_and_when_impossible() -> None:
+    """One path only (3 distinct labels in 3 frames: no path ends on a blank) and a too-short input.
+
+    Both put the finite log-zero next to a finite log-likelihood; the double backward must stay
+    finite there (``torch.logaddexp`` gives NaN).
+    """
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+    input_lengths, target_lengths = torch.tensor([3, 3]), torch.tensor([3, 4])
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return differentiable_ctc_loss(x.log_softmax(-1), targets, input_lengths, target_lengths, zero_infinity=True)
+
+    assert torch.autograd.gradcheck(loss, (logits,))
+    assert torch.autograd.gradgradcheck(loss, (logits,))
+
+
 def _maml_outer_loss(weight: torch.Tensor, support, query, inner_lr: float = 0.5) -> torch.Tensor:
     """One inner SGD step of a linear CTC model on ``support``, the query loss with the adapted weight."""
 

@@ -59,6 +59,34 @@ def test_non_finite_step_is_skipped_and_parameters_stay_finite(tiny_data, tiny_m
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradient is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+def test_step_with_finite_loss_but_non_finite_meta_gradient_is_skipped(tiny_data, tiny_module, tiny_trainer, monkeypatch) -> None:
+    model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5))
+    original = model.learner.losses
+    calls = {"n": 0}
+
+    def nan_gradient(fast, prepared, create_graph=False):
+        calls["n"] += 1
+        losses = original(fast, prepared, create_graph)
+        return _NaNGradient.apply(losses) if calls["n"] == 2 else losses  # the query loss of step 1
+
+    monkeypatch.setattr(model.learner, "losses", nan_gradient)
+    tiny_trainer(max_steps=3).fit(model, datamodule=tiny_data())
+    assert model.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_bf16_autocast_adaptation_still_lowers_the_loss(tiny_data, tiny_module) -> None:
     data = tiny_data()
     data.setup("fit")
