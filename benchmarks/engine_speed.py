@@ -122,36 +122,47 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     rows = []
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     for algorithm, scope, tasks, steps in itertools.product(args.algorithms, args.scopes, args.tasks, args.steps):
         row = {"algorithm": algorithm, "scope": scope, "tasks": tasks, "steps": steps}
         for implementation in ("engine", "reference"):
             row[implementation] = _run_one(args, algorithm, scope, tasks, steps, implementation)
-        row["speedup"] = row["engine"]["tasks_per_second"] / row["reference"]["tasks_per_second"]
-        row["memory_ratio"] = row["engine"]["peak_memory_mb"] / row["reference"]["peak_memory_mb"]
+        if "error" not in row["engine"] and "error" not in row["reference"]:
+            row["speedup"] = row["engine"]["tasks_per_second"] / row["reference"]["tasks_per_second"]
+            row["memory_ratio"] = row["engine"]["peak_memory_mb"] / row["reference"]["peak_memory_mb"]
         rows.append(row)
         print(_format(row), flush=True)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"device": args.device, "shots": args.shots, "frames": args.frames, "rows": rows}, indent=2))
-    print(f"wrote {args.output}")
+        # Written after every cell: a long grid killed half-way keeps what it measured.
+        output.write_text(json.dumps({"device": args.device, "shots": args.shots, "frames": args.frames, "rows": rows}, indent=2))
+    print(f"wrote {output}")
 
 
 def _run_one(args, algorithm: str, scope: str, tasks: int, steps: int, implementation: str) -> dict:
+    """Measure one cell in a fresh process; ``{"error": ...}`` if it fails (e.g. killed for memory)."""
     command = [
         sys.executable, "-m", "benchmarks.engine_speed", "--one", "--algorithm", algorithm, "--scope", scope,
         "--implementation", implementation, "--tasks", str(tasks), "--steps", str(steps), "--shots", str(args.shots),
         "--frames", str(args.frames), "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
     ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if out.returncode != 0:
+        reason = "killed (out of memory?)" if out.returncode < 0 else (out.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": f"exit {out.returncode}: {reason}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _describe(result: dict) -> str:
+    if "error" in result:
+        return f"{result['error'][:40]:>40}"
+    return f"{result['tasks_per_second']:7.2f} tasks/s {result['peak_memory_mb']:7.0f} MB"
+
+
 def _format(row: dict) -> str:
-    e, r = row["engine"], row["reference"]
+    ratios = f"speedup x{row['speedup']:.2f}  memory x{row['memory_ratio']:.2f}" if "speedup" in row else "no ratio"
     return (
         f"{row['algorithm']:>9} {row['scope']:>14} T={row['tasks']:<2} steps={row['steps']:<2} "
-        f"engine {e['tasks_per_second']:7.2f} tasks/s {e['peak_memory_mb']:7.0f} MB | "
-        f"loop {r['tasks_per_second']:7.2f} tasks/s {r['peak_memory_mb']:7.0f} MB | "
-        f"speedup x{row['speedup']:.2f}  memory x{row['memory_ratio']:.2f}"
+        f"engine {_describe(row['engine'])} | loop {_describe(row['reference'])} | {ratios}"
     )
 
 

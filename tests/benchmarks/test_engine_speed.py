@@ -1,0 +1,38 @@
+"""The speed benchmark runs end to end (tiny cell), records ratios, and survives a failing cell."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    output = tmp_path / "speed.json"
+    command = [sys.executable, "-m", "benchmarks.engine_speed", "--algorithms", "fomaml", "--scopes", "head",
+               "--tasks", "2", "--steps", "1", "--shots", "1", "--frames", "60", "--repeats", "1", "--threads", "1",
+               "--output", str(output), *extra]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return done, json.loads(output.read_text()) if output.exists() else {}
+
+
+def test_one_cell_writes_engine_and_loop_measurements(tmp_path: Path) -> None:
+    done, result = _run(tmp_path)
+    assert done.returncode == 0, done.stderr
+    (row,) = result["rows"]
+    assert (row["algorithm"], row["scope"], row["tasks"], row["steps"]) == ("fomaml", "head", 2, 1)
+    for implementation in ("engine", "reference"):
+        assert row[implementation]["tasks_per_second"] > 0 and row[implementation]["peak_memory_mb"] > 0
+    assert row["speedup"] == row["engine"]["tasks_per_second"] / row["reference"]["tasks_per_second"]
+    assert "speedup x" in done.stdout
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path: Path) -> None:
+    done, result = _run(tmp_path, "--device", "no-such-device")
+    assert done.returncode == 0, done.stderr
+    (row,) = result["rows"]
+    assert row["engine"]["error"].startswith("exit 1") and "speedup" not in row
+    assert "no ratio" in done.stdout
