@@ -85,6 +85,9 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         inner_lr: inner learning rate, or one per step (a list of length ``inner_steps``).
         second_order: backpropagate through the inner loop (``create_graph=True``).
         eval_inner_lr: learning rate for test-time adaptation (default: ``inner_lr``'s last value).
+        second_order_steps: truncated second order: only the last this-many inner steps are
+            differentiated through, earlier ones are first-order. Memory then grows with this
+            number instead of ``inner_steps``. ``None``: all steps.
     """
 
     def __init__(
@@ -93,14 +96,18 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         inner_lr: float | Sequence[float] = 0.1,
         second_order: bool = False,
         eval_inner_lr: float | None = None,
+        second_order_steps: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(inner_lr, (list, tuple)) and len(inner_lr) != inner_steps:
             raise ValueError(f"inner_lr has {len(inner_lr)} values but inner_steps is {inner_steps}: give one per step")
+        if second_order_steps is not None and second_order_steps < 0:
+            raise ValueError(f"second_order_steps must be >= 0 (or null for all steps), got {second_order_steps}")
         self.inner_steps = inner_steps
         self.inner_lr = list(inner_lr) if isinstance(inner_lr, (list, tuple)) else float(inner_lr)
         self.second_order = second_order
         self.eval_inner_lr = eval_inner_lr
+        self.second_order_steps = second_order_steps
         self.inner_loss_scale = 1.0
 
     def setup(self, learner: Learner) -> None:
@@ -129,18 +136,21 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
 
         With ``create_graph=False`` inner gradients are constants, so the fast weights
         still depend on the initialization with an identity Jacobian: the first-order
-        meta-gradient. Raises :class:`NonFiniteLossError` on a NaN/inf support loss.
+        meta-gradient. With ``second_order_steps`` only the last steps create a graph.
+        Raises :class:`NonFiniteLossError` on a NaN/inf support loss.
         """
         prepared = support if isinstance(support, PreparedTasks) else learner.prepare(support)
         steps = self.inner_steps if steps is None else steps
         create_graph = self.second_order if create_graph is None else create_graph
+        first_second_order_step = 0 if self.second_order_steps is None else steps - self.second_order_steps
         fast = self.initial_weights(learner, prepared)
         history: list[Tensor] = []
         for step in range(steps):
-            losses = learner.losses(fast, prepared, create_graph=create_graph)
+            step_graph = create_graph and step >= first_second_order_step
+            losses = learner.losses(fast, prepared, create_graph=step_graph)
             self._check_finite(losses, step)
             history.append(losses.detach())
-            grads = self.inner_gradients(losses, fast, create_graph, step)
+            grads = self.inner_gradients(losses, fast, step_graph, step)
             fast = {
                 name: w if g is None else w - self.step_size(step, name) * g
                 for (name, w), g in zip(fast.items(), grads)

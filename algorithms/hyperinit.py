@@ -67,8 +67,9 @@ class HyperInit(MetaAlgorithm):
         embedding_dim: int = 64,
         rank: int = 4,
         eval_inner_lr: float | None = None,
+        second_order_steps: int | None = None,
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr)
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps)
         self.embedding_dim = embedding_dim
         self.rank = rank
         self.encoder: nn.Module | None = None

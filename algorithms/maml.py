@@ -11,6 +11,8 @@ class MAML(MetaAlgorithm):
     """Second-order MAML: the meta-gradient backpropagates through the inner loop.
 
     With a head-only scope (``scope: [head]``) this is ANIL (Raghu et al., 2020).
+    ``second_order_steps=m`` differentiates through the last m inner steps only
+    (truncated backpropagation: memory of m steps, not ``inner_steps``).
     """
 
     def __init__(
@@ -19,8 +21,9 @@ class MAML(MetaAlgorithm):
         inner_lr: float | Sequence[float] = 0.1,
         second_order: bool = True,
         eval_inner_lr: float | None = None,
+        second_order_steps: int | None = None,
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr)
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps)
 
 
 class FOMAML(MetaAlgorithm):

@@ -23,8 +23,9 @@ class MetaSGD(MetaAlgorithm):
         inner_lr: float = 0.1,
         second_order: bool = True,
         per_step: bool = False,
+        second_order_steps: int | None = None,
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order)
+        super().__init__(inner_steps, inner_lr, second_order, second_order_steps=second_order_steps)
         self.per_step = per_step
         self.learning_rates = nn.ParameterDict()
 

@@ -57,8 +57,9 @@ def measure(args: argparse.Namespace) -> dict:
     model = BiLSTMCTC().to(device)
     scope = SCOPES[args.scope]
     learner = Learner(model, CTCLoss(), scope)
+    truncation = {"second_order_steps": args.second_order_steps} if args.algorithm == "maml" else {}
     algorithm = {"maml": MAML, "fomaml": FOMAML, "reptile": Reptile, "hyperinit": HyperInit}[args.algorithm](
-        inner_steps=args.steps, inner_lr=0.1
+        inner_steps=args.steps, inner_lr=0.1, **truncation
     )
     algorithm.setup(learner)
     algorithm.to(device)
@@ -76,7 +77,9 @@ def measure(args: argparse.Namespace) -> dict:
             fast = algorithm.initial_weights(learner, learner.prepare(batch.support))
             generator = lambda t: {n: w[t] for n, w in fast.items()}  # noqa: E731
         kind = args.algorithm if args.algorithm != "hyperinit" else "fomaml"
-        reference_outer_loss(model, learner.loss, learner.scope, batch, args.steps, 0.1, kind, generator).backward()
+        reference_outer_loss(
+            model, learner.loss, learner.scope, batch, args.steps, 0.1, kind, generator, args.second_order_steps
+        ).backward()
 
     step = engine_step if args.implementation == "engine" else reference_step
     step()  # warm-up
@@ -108,6 +111,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[5])
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--second_order_steps", type=int, default=None,
+                        help="MAML: differentiate through only the last N inner steps (truncated); default all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -125,7 +130,8 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     for algorithm, scope, tasks, steps in itertools.product(args.algorithms, args.scopes, args.tasks, args.steps):
-        row = {"algorithm": algorithm, "scope": scope, "tasks": tasks, "steps": steps}
+        row = {"algorithm": algorithm, "scope": scope, "tasks": tasks, "steps": steps,
+               "second_order_steps": args.second_order_steps if algorithm == "maml" else None}
         for implementation in ("engine", "reference"):
             row[implementation] = _run_one(args, algorithm, scope, tasks, steps, implementation)
         if "error" not in row["engine"] and "error" not in row["reference"]:
@@ -145,6 +151,8 @@ def _run_one(args, algorithm: str, scope: str, tasks: int, steps: int, implement
         "--implementation", implementation, "--tasks", str(tasks), "--steps", str(steps), "--shots", str(args.shots),
         "--frames", str(args.frames), "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
     ]
+    if args.second_order_steps is not None:
+        command += ["--second_order_steps", str(args.second_order_steps)]
     out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         reason = "killed (out of memory?)" if out.returncode < 0 else (out.stderr.strip().splitlines() or ["failed"])[-1]

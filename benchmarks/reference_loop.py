@@ -25,19 +25,22 @@ def _task_loss(model, loss_fn, params: dict[str, Tensor], batch: TaskBatch, t: i
 
 
 def reference_outer_loss(
-    model, loss_fn, scope: list[str], batch: MetaBatch, steps: int, lr: float, kind: str, generator=None
+    model, loss_fn, scope: list[str], batch: MetaBatch, steps: int, lr: float, kind: str, generator=None,
+    second_order_steps: int | None = None,
 ) -> Tensor:
     """Outer loss of ``kind`` in {maml, fomaml, reptile, hyperinit} by a per-task Python loop.
 
     ``generator`` (hyperinit only) maps a task index to its generated initial scope weights.
+    ``second_order_steps`` (maml only): differentiate through the last that-many inner steps only.
     """
-    second_order = kind == "maml"
+    first_second_order = 0 if second_order_steps is None else steps - second_order_steps
     shared = dict(model.named_parameters())
     total = 0.0
     for t in range(batch.num_tasks):
         fast = {n: shared[n] for n in scope} if generator is None else generator(t)
         support = batch.support if kind != "reptile" else TaskBatch.concat_examples(batch.support, batch.query)
-        for _ in range(steps):
+        for step in range(steps):
+            second_order = kind == "maml" and step >= first_second_order
             loss = _task_loss(model, loss_fn, {**shared, **fast}, support, t, second_order)
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order)
             fast = {n: w - lr * g for (n, w), g in zip(fast.items(), grads)}

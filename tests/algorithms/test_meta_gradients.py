@@ -37,14 +37,17 @@ def _functional_loss(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tenso
     return ((h @ w2.T + b2) - y).pow(2).mean()
 
 
-def _hand_unrolled_objective(params, batch, detach_inner: bool) -> torch.Tensor:
+def _hand_unrolled_objective(params, batch, detach_inner: bool, steps: int = STEPS, second_order_steps: int | None = None):
+    """MAML's objective unrolled by hand; inner steps before the last ``second_order_steps`` are first-order."""
+    first_second_order = 0 if second_order_steps is None else steps - second_order_steps
     total = 0.0
     for t in range(batch.num_tasks):
         fast = list(params)
         xs, ys = batch.support.inputs[0][t], batch.support.targets[0][t]
-        for _ in range(STEPS):
-            grads = torch.autograd.grad(_functional_loss(fast, xs, ys), fast, create_graph=not detach_inner)
-            fast = [w - LR * (g.detach() if detach_inner else g) for w, g in zip(fast, grads)]
+        for step in range(steps):
+            detach = detach_inner or step < first_second_order
+            grads = torch.autograd.grad(_functional_loss(fast, xs, ys), fast, create_graph=not detach)
+            fast = [w - LR * (g.detach() if detach else g) for w, g in zip(fast, grads)]
         total = total + _functional_loss(fast, batch.query.inputs[0][t], batch.query.targets[0][t])
     return total / batch.num_tasks
 
@@ -64,6 +67,21 @@ def test_maml_gradient_matches_hand_unrolled_reference(first_order: bool) -> Non
     reference = torch.autograd.grad(_hand_unrolled_objective(params, batch, detach_inner=first_order), params)
     for got, want in zip(engine, reference):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("second_order_steps", [0, 1, 2, 3])
+def test_truncated_second_order_matches_hand_unrolled_reference(second_order_steps: int) -> None:
+    model, learner, batch = _setup()
+    algorithm = MAML(inner_steps=3, inner_lr=LR, second_order_steps=second_order_steps)
+    engine = _engine_gradient(algorithm, model, learner, batch)
+    params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    objective = _hand_unrolled_objective(params, batch, detach_inner=False, steps=3, second_order_steps=second_order_steps)
+    reference = torch.autograd.grad(objective, params)
+    for got, want in zip(engine, reference):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    if second_order_steps == 0:
+        for got, want in zip(engine, _engine_gradient(FOMAML(inner_steps=3, inner_lr=LR), model, learner, batch)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
 
 
 def test_maml_gradient_matches_finite_differences() -> None:
