@@ -98,7 +98,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.SiLU(), nn.Dropout(dropout),
+            TaskLayerNorm(dim), nn.Linear(dim, hidden_dim), nn.SiLU(), nn.Dropout(dropout),
             nn.Linear(hidden_dim, dim), nn.Dropout(dropout),
         )
 
@@ -117,10 +117,10 @@ class ConvolutionModule(nn.Module):
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd so the convolution keeps every frame centred, got {kernel_size}")
-        self.norm = nn.LayerNorm(dim)
+        self.norm = TaskLayerNorm(dim)
         self.pointwise_in = nn.Conv1d(dim, 2 * dim, 1)
         self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.depthwise_norm = nn.LayerNorm(dim)
+        self.depthwise_norm = TaskLayerNorm(dim)
         self.pointwise_out = nn.Conv1d(dim, dim, 1)
         self.dropout = nn.Dropout(dropout)
 
@@ -139,18 +139,19 @@ class ConformerBlock(nn.Module):
     of a meta-batch as one batch, so torchaudio's BatchNorm (statistics over the batch, padding
     included) would couple tasks, break "each task's gradient is its own slice", and its double
     backward gives NaN under fp16. This block normalizes each frame with LayerNorm and masks
-    padding in attention and convolution.
+    padding in attention and convolution. Its LayerNorms take per-task weights, so the
+    ``norm`` scope runs all tasks as one batch.
     """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, kernel_size: int, dropout: float) -> None:
         super().__init__()
         self.ffn1 = FeedForward(dim, ffn_dim, dropout)
-        self.attention_norm = nn.LayerNorm(dim)
+        self.attention_norm = TaskLayerNorm(dim)
         self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.attention_dropout = nn.Dropout(dropout)
         self.convolution = ConvolutionModule(dim, kernel_size, dropout)
         self.ffn2 = FeedForward(dim, ffn_dim, dropout)
-        self.final_norm = nn.LayerNorm(dim)
+        self.final_norm = TaskLayerNorm(dim)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
