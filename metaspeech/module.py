@@ -4,8 +4,8 @@ One training step is one meta-batch of T speaker-tasks. The algorithm plugin
 adapts on every support set and returns one outer loss; this module owns
 everything around it: the single ``manual_backward`` (so DDP averages
 meta-gradients exactly once), gradient clipping, optimizer and scheduler,
-skipping steps with non-finite losses, logging, the evaluation protocol and
-what goes into a checkpoint.
+skipping steps with non-finite losses or meta-gradients, fp16 inner-loop loss
+scaling, logging, the evaluation protocol and what goes into a checkpoint.
 
 Randomness in a training step (dropout) comes from a generator seeded by
 ``(run seed, global step, skipped steps, rank)`` inside the step, with the global
