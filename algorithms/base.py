@@ -53,10 +53,12 @@ class InnerGradientOverflowError(NonFiniteLossError):
 
 @dataclass
 class Adaptation:
-    """Result of an inner loop: fast weights ``[T, ...]`` and the support loss ``[T]`` before each step."""
+    """Result of an inner loop: fast weights ``[T, ...]``; per inner step, the support loss ``[T]``
+    before the step and the norm ``[T]`` of each task's inner gradient (both detached, for logging)."""
 
     fast: FastWeights
     inner_losses: list[Tensor] = field(default_factory=list)
+    inner_grad_norms: list[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -64,12 +66,13 @@ class OuterResult:
     """What one outer step produced.
 
     ``loss`` is the scalar to backpropagate; ``query_losses [T]`` the post-adaptation
-    query losses (detached) for logging; ``inner_losses`` the support loss per inner step.
+    query losses (detached) for logging; ``inner_losses`` / ``inner_grad_norms`` as in :class:`Adaptation`.
     """
 
     loss: Tensor
     query_losses: Tensor
     inner_losses: list[Tensor] = field(default_factory=list)
+    inner_grad_norms: list[Tensor] = field(default_factory=list)
 
 
 class MetaAlgorithm(RecordsInitArgs, nn.Module):
@@ -144,18 +147,20 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         create_graph = self.second_order if create_graph is None else create_graph
         first_second_order_step = 0 if self.second_order_steps is None else steps - self.second_order_steps
         fast = self.initial_weights(learner, prepared)
-        history: list[Tensor] = []
+        adaptation = Adaptation(fast=fast)
         for step in range(steps):
             step_graph = create_graph and step >= first_second_order_step
             losses = learner.losses(fast, prepared, create_graph=step_graph)
             self._check_finite(losses, step)
-            history.append(losses.detach())
             grads = self.inner_gradients(losses, fast, step_graph, step)
+            adaptation.inner_losses.append(losses.detach())
+            adaptation.inner_grad_norms.append(_per_task_norm(grads, prepared.num_tasks))
             fast = {
                 name: w if g is None else w - self.step_size(step, name) * g
                 for (name, w), g in zip(fast.items(), grads)
             }
-        return Adaptation(fast=fast, inner_losses=history)
+        adaptation.fast = fast
+        return adaptation
 
     def inner_gradients(self, losses: Tensor, fast: FastWeights, create_graph: bool, step: int = 0) -> list[Tensor | None]:
         """Gradient of ``losses.sum()`` (``[T]``) w.r.t. every fast weight, loss-scaled by ``inner_loss_scale``.
@@ -178,7 +183,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         """MAML objective: mean query loss of the adapted fast weights over the T tasks."""
         adaptation = self.adapt(learner, batch.support)
         query_losses = learner.losses(adaptation.fast, learner.prepare(batch.query))
-        return OuterResult(query_losses.mean(), query_losses.detach(), adaptation.inner_losses)
+        return OuterResult(query_losses.mean(), query_losses.detach(), adaptation.inner_losses, adaptation.inner_grad_norms)
 
     @staticmethod
     def _check_finite(losses: Tensor, step: int) -> None:
@@ -200,3 +205,9 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
             if p.grad is not None:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad.div_(world)
+
+
+def _per_task_norm(grads: Sequence[Tensor | None], num_tasks: int) -> Tensor:
+    """L2 norm ``[T]`` of each task's slice of the inner gradients (each ``[T, ...]``), detached."""
+    squares = [g.detach().reshape(num_tasks, -1).pow(2).sum(1) for g in grads if g is not None]
+    return torch.stack(squares).sum(0).sqrt() if squares else torch.zeros(num_tasks)

@@ -42,6 +42,8 @@ class Reptile(MetaAlgorithm):
         )
         if learner.outside_scope():
             body_losses = learner.losses(adapted, prepared)
-            return OuterResult(surrogate + body_losses.mean(), body_losses.detach(), adaptation.inner_losses)
+            return OuterResult(
+                surrogate + body_losses.mean(), body_losses.detach(), adaptation.inner_losses, adaptation.inner_grad_norms
+            )
         with_adapted = learner.losses(adapted, prepared).detach()
-        return OuterResult(surrogate, with_adapted, adaptation.inner_losses)
+        return OuterResult(surrogate, with_adapted, adaptation.inner_losses, adaptation.inner_grad_norms)

@@ -228,6 +228,8 @@ class MetaSpeechModule(L.LightningModule):
                 "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0])}
         for step, losses in enumerate(result.inner_losses):
             logs[f"train/inner_loss_step{step}"] = losses.mean()
+        for step, norms in enumerate(result.inner_grad_norms):
+            logs[f"train/inner_grad_norm_step{step}"] = norms.mean()
         if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
             pre = self._query_loss_without_adaptation(batch.query)
             logs["train/query_loss_pre"] = pre

@@ -178,3 +178,14 @@ def test_non_finite_inner_loss_is_reported_with_the_task() -> None:
     with pytest.raises(NonFiniteLossError) as info:
         MAML(inner_steps=1, inner_lr=LR).adapt(learner, batch.support)
     assert info.value.tasks == [1]
+
+
+def test_inner_gradient_norms_are_each_tasks_own() -> None:
+    model, learner, batch = _setup(tasks=3)
+    adaptation = FOMAML(inner_steps=2, inner_lr=LR).adapt(learner, batch.support)
+    assert len(adaptation.inner_grad_norms) == 2 and adaptation.inner_grad_norms[0].shape == (3,)
+    for t in range(3):
+        params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+        loss = _functional_loss(params, batch.support.inputs[0][t], batch.support.targets[0][t])
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in torch.autograd.grad(loss, params)))
+        torch.testing.assert_close(adaptation.inner_grad_norms[0][t], norm)

@@ -152,7 +152,7 @@ def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_e
 
     # training and validation curves
     assert len(history["train/outer_loss"]) == 4 and len(history["val/wer_post"]) == 2
-    assert {"train/query_loss_pre", "train/adaptation_gain", "train/grad_norm", "train/lr", "val/wer_pre", "val/loss_post"} <= set(history)
+    assert {"train/query_loss_pre", "train/adaptation_gain", "train/grad_norm", "train/lr", "train/inner_grad_norm_step0", "val/wer_pre", "val/loss_post"} <= set(history)
     # the headline numbers, one per (k, s)
     assert {f"test/wer_k{k}_s{s}" for k in TEST_SHOTS for s in TEST_STEPS} <= set(history)
 
