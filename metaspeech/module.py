@@ -29,6 +29,7 @@ from torch import Tensor
 
 from metaspeech.algorithms.base import InnerGradientOverflowError, MetaAlgorithm, NonFiniteLossError, OuterResult
 from metaspeech.audio import AudioError, load_audio
+from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.ctc import greedy_decode
 from metaspeech.features import FeatureConfig
@@ -64,6 +65,8 @@ class MetaSpeechModule(L.LightningModule):
         results_dir: where ``test`` writes the table (JSON/CSV); default: the logger's folder.
         init_from: a metaspeech checkpoint whose recognizer weights initialize this run (e.g. a
             joint-trained base model that meta-training starts from); optimizer state is not taken.
+        augmentation: training-time augmentation of each meta-batch (task frequency warping,
+            SpecAugment); None: none.
     """
 
     def __init__(
@@ -81,11 +84,15 @@ class MetaSpeechModule(L.LightningModule):
         test_steps: list[int] | None = None,
         results_dir: str | None = None,
         init_from: str | None = None,
+        augmentation: EpisodeAugmentation | None = None,
     ) -> None:
         super().__init__()
         # Evaluation and output settings are not model hyperparameters: a checkpoint must not
         # override them when a user tests it with other shots, steps or an output folder.
-        self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir", "init_from"])
+        self.save_hyperparameters(
+            ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir", "init_from", "augmentation"]
+        )
+        self.augmentation = augmentation
         self.results_dir = results_dir
         self.init_from = init_from
         self.automatic_optimization = False
@@ -140,7 +147,8 @@ class MetaSpeechModule(L.LightningModule):
     def _log_run_config(self) -> None:
         """What ``save_hyperparameters`` leaves out: the recognizer, the algorithm, the scope, the protocol."""
         config = {"recognizer": self.model.init_config, "algorithm": self.algorithm.init_config, "scope": self.scope,
-                  "test_shots": self.test_shots, "test_steps": self.test_steps}
+                  "test_shots": self.test_shots, "test_steps": self.test_steps,
+                  "augmentation": self.augmentation.describe() if self.augmentation is not None else None}
         for logger in self.loggers:
             logger.log_hyperparams(config)
 
@@ -167,6 +175,8 @@ class MetaSpeechModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         scaler = self._grad_scaler()
         self.algorithm.inner_loss_scale = scaler.get_scale() if scaler is not None else 1.0
+        if self.augmentation is not None:
+            batch = self.augmentation(batch)  # inside the step's seeded RNG: reproducible, resumes exactly
         result = self._outer_result(batch)
         finite = result is not None and bool(torch.isfinite(result.loss))
         if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):

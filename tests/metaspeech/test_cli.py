@@ -142,3 +142,11 @@ def test_a_config_without_data_defaults_to_the_embedded_corpus(capsys) -> None:
         main(["fit", "--config", str(REPO / "configs/maml.yaml"), "--print_config"])
     printed = capsys.readouterr().out
     assert "class_path: metaspeech.datamodules.EmbeddedCorpus" in printed and "preset: small" in printed
+
+
+def test_task_augmentation_is_configured_from_the_command_line(tiny_cli_args) -> None:
+    cli = main(["fit", *tiny_cli_args("fomaml.yaml"), "--trainer.fast_dev_run=true",
+                "--model.augmentation=metaspeech.augmentation.EpisodeAugmentation",
+                "--model.augmentation.max_warp=0.15", "--model.augmentation.spec_augment=SpecAugment"])
+    augmentation = cli.model.augmentation
+    assert augmentation.warp.max_warp == 0.15 and augmentation.spec_augment is not None

@@ -197,3 +197,18 @@ def test_fp16_test_time_adaptation_lowers_the_loss_when_the_scale_overflows(tiny
         after = module.evaluation_loss(item.pool, fast).mean()
     assert module.algorithm.inner_loss_scale < 2.0**60
     assert torch.isfinite(after) and after < before
+
+
+def test_task_augmentation_changes_training_and_stays_reproducible(tiny_data, tiny_module, tiny_trainer) -> None:
+    from metaspeech.augmentation import EpisodeAugmentation
+    from metaspeech.features import SpecAugment
+
+    finals = {}
+    for run, augmentation in (("plain", None), ("augmented", 0.15), ("augmented again", 0.15)):
+        torch.manual_seed(0)
+        augment = None if augmentation is None else EpisodeAugmentation(augmentation, SpecAugment(freq_width=5))
+        module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), augmentation=augment)
+        tiny_trainer(max_steps=3, limit_val_batches=0).fit(module, datamodule=tiny_data())
+        finals[run] = torch.cat([p.detach().flatten() for p in module.parameters()])
+    assert not torch.equal(finals["plain"], finals["augmented"])
+    torch.testing.assert_close(finals["augmented"], finals["augmented again"], rtol=0, atol=0)
