@@ -42,18 +42,23 @@ def test_second_order_maml_runs_on_the_asr_model_and_differs_from_first_order(ti
     assert not torch.allclose(grads["maml"], grads["fomaml"]), "second-order MAML silently fell back to first order"
 
 
+def _corrupt_losses_call(monkeypatch, module, call: int, corrupt) -> None:
+    """Make the ``call``-th call of ``module.learner.losses`` return ``corrupt(losses)`` (1-based)."""
+    original = module.learner.losses
+    calls = {"n": 0}
+
+    def losses(fast, prepared, create_graph=False):
+        calls["n"] += 1
+        result = original(fast, prepared, create_graph)
+        return corrupt(result) if calls["n"] == call else result
+
+    monkeypatch.setattr(module.learner, "losses", losses)
+
+
 def test_non_finite_step_is_skipped_and_parameters_stay_finite(tiny_data, tiny_module, tiny_trainer, monkeypatch) -> None:
     data = tiny_data()
     model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5))
-    original = model.learner.losses
-    calls = {"n": 0}
-
-    def poisoned(fast, prepared, create_graph=False):
-        calls["n"] += 1
-        losses = original(fast, prepared, create_graph)
-        return losses * float("nan") if calls["n"] == 4 else losses  # the inner loss of step 2
-
-    monkeypatch.setattr(model.learner, "losses", poisoned)
+    _corrupt_losses_call(monkeypatch, model, 4, lambda losses: losses * float("nan"))  # the inner loss of step 2
     tiny_trainer(max_steps=4).fit(model, datamodule=data)
     assert model.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -73,15 +78,7 @@ class _NaNGradient(torch.autograd.Function):
 
 def test_step_with_finite_loss_but_non_finite_meta_gradient_is_skipped(tiny_data, tiny_module, tiny_trainer, monkeypatch) -> None:
     model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5))
-    original = model.learner.losses
-    calls = {"n": 0}
-
-    def nan_gradient(fast, prepared, create_graph=False):
-        calls["n"] += 1
-        losses = original(fast, prepared, create_graph)
-        return _NaNGradient.apply(losses) if calls["n"] == 2 else losses  # the query loss of step 1
-
-    monkeypatch.setattr(model.learner, "losses", nan_gradient)
+    _corrupt_losses_call(monkeypatch, model, 2, _NaNGradient.apply)  # the query loss of step 1
     tiny_trainer(max_steps=3).fit(model, datamodule=tiny_data())
     assert model.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -167,15 +164,7 @@ def test_fp16_mixed_scales_the_inner_loss_and_clips_unscaled_gradients(tiny_data
 
 def test_fp16_skipped_step_backs_off_the_loss_scale(tiny_data, tiny_trainer, monkeypatch) -> None:
     module = _tiny_conformer_module(FOMAML(inner_steps=1, inner_lr=0.5))
-    original = module.learner.losses
-    calls = {"n": 0}
-
-    def poisoned(fast, prepared, create_graph=False):
-        calls["n"] += 1
-        losses = original(fast, prepared, create_graph)
-        return losses * float("nan") if calls["n"] == 1 else losses
-
-    monkeypatch.setattr(module.learner, "losses", poisoned)
+    _corrupt_losses_call(monkeypatch, module, 1, lambda losses: losses * float("nan"))
     trainer = _fp16_trainer(tiny_trainer, init_scale=2.0**12, max_steps=2)
     trainer.fit(module, datamodule=tiny_data())
     assert module.skipped_steps == 1
