@@ -23,6 +23,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from metaspeech.audio import load_audio
+from metaspeech.errors import ConfigError, DataError
 from metaspeech.batch import EvaluationBatch
 from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
 from metaspeech.datamodules.dataset import UtteranceDataset
@@ -69,7 +70,10 @@ class EpisodicDataModule(L.LightningDataModule):
         val_fraction / test_fraction: share of speakers held out when rows carry no ``split`` label.
         features: feature extraction settings.
         cache_dir: where features are cached.
-        on_bad_input: ``skip`` (warn with counts) or ``raise`` for corrupt audio / bad transcripts.
+        on_bad_input: ``skip`` (warn, naming the files) or ``raise`` for corrupt audio / bad transcripts.
+        tokenizer_from: a metaspeech checkpoint whose tokenizer encodes this corpus, to evaluate a trained
+            model on another corpus (``metaspeech test --ckpt_path`` sets it); default: a tokenizer built
+            from this corpus's meta-train transcripts.
         num_workers: DataLoader workers.
         seed: seeds episode sampling and held-out splits.
     """
@@ -90,10 +94,11 @@ class EpisodicDataModule(L.LightningDataModule):
         on_bad_input: str = "skip",
         num_workers: int = 0,
         seed: int = 0,
+        tokenizer_from: str | None = None,
     ) -> None:
         super().__init__()
         if on_bad_input not in ("skip", "raise"):
-            raise ValueError(f"data.on_bad_input must be 'skip' or 'raise', got {on_bad_input!r}")
+            raise ConfigError(f"data.init_args.on_bad_input must be 'skip' or 'raise', got {on_bad_input!r}")
         self.task_key = task_key
         self.k_shot, self.q_query = k_shot, q_query
         self.tasks_per_batch, self.batches_per_epoch = tasks_per_batch, batches_per_epoch
@@ -104,6 +109,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.on_bad_input = on_bad_input
         self.num_workers = num_workers
         self.seed = seed
+        self.tokenizer_from = tokenizer_from
         self._rows: list[Utterance] | None = None
         self._tokenizer: CharTokenizer | None = None
         self.datasets: dict[str, UtteranceDataset] = {}
@@ -126,7 +132,7 @@ class EpisodicDataModule(L.LightningDataModule):
         if self._rows is None:
             self._rows = self.load_rows()
             if not self._rows:
-                raise ValueError(f"{type(self).__name__} found no utterances; check its path settings")
+                raise DataError(f"{type(self).__name__} found no utterances; check its path settings")
         return self._rows
 
     def split_of(self, row: Utterance) -> str:
@@ -144,11 +150,31 @@ class EpisodicDataModule(L.LightningDataModule):
     def tokenizer(self) -> CharTokenizer:
         """Character tokenizer built from the meta-train transcripts (read-only: no audio is touched)."""
         if self._tokenizer is None:
-            self._tokenizer = self.build_tokenizer()
+            self._tokenizer = self._checkpoint_tokenizer() if self.tokenizer_from else self.build_tokenizer()
         return self._tokenizer
 
+    def _checkpoint_tokenizer(self) -> CharTokenizer:
+        from metaspeech.checkpoint_io import read_metaspeech_section
+
+        saved = read_metaspeech_section(self.tokenizer_from).get("tokenizer")
+        if saved is None:
+            raise DataError(f"data.init_args.tokenizer_from={self.tokenizer_from} holds no tokenizer: use a checkpoint of `metaspeech fit`")
+        return CharTokenizer.from_dict(saved)
+
     def build_tokenizer(self) -> CharTokenizer:
-        return CharTokenizer.from_texts([normalize_text(r.text) for r in self.rows if self.split_of(r) == "train"])
+        """The corpus's own tokenizer: characters of the meta-train transcripts (subclasses may fix an alphabet)."""
+        texts = [normalize_text(r.text) for r in self.rows if self.split_of(r) == "train"]
+        if not texts:
+            raise DataError(
+                f"{type(self).__name__} has no meta-train ('train' split) transcripts to build a tokenizer from: "
+                "to evaluate a trained model on this corpus pass --ckpt_path (its tokenizer is used), "
+                "or set data.init_args.tokenizer_from=<checkpoint>"
+            )
+        return CharTokenizer.from_texts(texts)
+
+    @property
+    def vocabulary_source(self) -> str:
+        return f"the tokenizer of {self.tokenizer_from}" if self.tokenizer_from else "the meta-train vocabulary"
 
     @property
     def vocab_size(self) -> int:
@@ -165,7 +191,9 @@ class EpisodicDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        report = validate_utterances(self.rows, allowed_chars=None, on_error=self.on_bad_input)
+        report = validate_utterances(
+            self.rows, allowed_chars=None, resample_to=self.feature_config.sample_rate, on_error=self.on_bad_input
+        )
         rows = self._drop_untokenizable(report.kept)
         by_split: dict[str, list[Utterance]] = defaultdict(list)
         for row in rows:
@@ -187,16 +215,30 @@ class EpisodicDataModule(L.LightningDataModule):
             self.task_indices[split] = self._group_by_task(split_rows)
 
     def _drop_untokenizable(self, rows: list[Utterance]) -> list[Utterance]:
-        """Held-out transcripts may contain characters never seen in meta-train: policy applies."""
-        allowed = self.tokenizer.allowed_chars
+        """Transcripts (after :func:`normalize_text`) with characters the tokenizer lacks: policy applies.
+
+        Held-out speakers, or a whole corpus a trained model is tested on, may use characters
+        never seen in meta-train (digits, say). Each such row is named, with its characters.
+        """
+        allowed = self.tokenizer.allowed_chars | {" "}
         kept, bad = [], []
         for row in rows:
             (kept if set(normalize_text(row.text)) <= allowed else bad).append(row)
+        unknown = {row.audio_filepath: sorted(set(normalize_text(row.text)) - allowed) for row in bad}
         if bad and self.on_bad_input == "raise":
-            chars = sorted(set(normalize_text(bad[0].text)) - allowed)
-            raise ValueError(f"{bad[0].audio_filepath}: characters {chars} are not in the tokenizer built from meta-train text")
+            path = bad[0].audio_filepath
+            raise DataError(
+                f"{path}: transcript {normalize_text(bad[0].text)!r} (normalized) has characters {unknown[path]} outside "
+                f"{self.vocabulary_source}: fix the transcript, or set data.init_args.on_bad_input=skip to drop such utterances"
+            )
         if bad:
-            warnings.warn(f"skipped {len(bad)} utterance(s) with characters outside the meta-train vocabulary")
+            listed = ", ".join(f"{path} {chars}" for path, chars in list(unknown.items())[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            every = sorted({c for chars in unknown.values() for c in chars})
+            warnings.warn(
+                f"skipped {len(bad)} utterance(s) with characters {every} outside {self.vocabulary_source}: {listed}{more}",
+                stacklevel=2,
+            )
         return kept
 
     def _group_by_task(self, rows: list[Utterance]) -> dict[str, list[int]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from metaspeech.audio import AudioError, audio_info
+from metaspeech.errors import DataError
 from metaspeech.manifest import Utterance
 
 ON_ERROR = ("skip", "raise")
@@ -31,7 +32,7 @@ EMPTY_TEXT = "empty transcript"
 OOV = "characters outside the vocabulary"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(DataError):
     """A manifest row is unusable; the message names the file, the problem and the fix."""
 
 
@@ -48,6 +49,8 @@ class ValidationReport:
     kept: list[Utterance] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)
     bad_chars: set[str] = field(default_factory=set)
+    resampled: dict[str, int] = field(default_factory=dict)
+    """Kept audio paths at another rate than ``resample_to`` -> their rate (resampled when loaded)."""
 
     @property
     def num_skipped(self) -> int:
@@ -63,6 +66,21 @@ class ValidationReport:
             text += f"; characters outside the vocabulary: {sorted(self.bad_chars)}"
         return text
 
+    def resampling_note(self, target: int) -> str:
+        """One line counting the kept files that are resampled to ``target`` Hz ("" when none)."""
+        if not self.resampled:
+            return ""
+        rates = ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(_count(self.resampled.values()).items()))
+        example = next(iter(self.resampled))
+        return f"resampling {len(self.resampled)} utterance(s) to {target} Hz ({rates}; e.g. {example})"
+
+
+def _count(values: Iterable[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
 
 def validate_utterances(
     rows: Iterable[Utterance],
@@ -71,6 +89,7 @@ def validate_utterances(
     min_duration: float = 0.05,
     max_duration: float | None = None,
     sample_rate: int | None = None,
+    resample_to: int | None = None,
     on_error: str = "skip",
 ) -> ValidationReport:
     """Check every row; keep the good ones, skip or raise on the bad ones.
@@ -81,6 +100,9 @@ def validate_utterances(
     given; the transcript is not blank; after lowercasing it uses only
     ``allowed_chars`` (whitespace always passes: word boundaries are the text
     normalizer's business). Durations come from the files, not from the rows.
+    With ``resample_to`` (and no ``sample_rate``), files at another rate are kept,
+    listed in ``report.resampled`` and counted in the warning: they are resampled
+    when loaded.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -92,6 +114,8 @@ def validate_utterances(
         problem = _check(row, header, allowed_chars, min_duration, max_duration, sample_rate)
         if problem is None:
             report.kept.append(row)
+            if resample_to is not None and header[1] != resample_to:
+                report.resampled[row.audio_filepath] = header[1]
             continue
         if on_error == "raise":
             raise DataValidationError(
@@ -101,10 +125,20 @@ def validate_utterances(
         report.skipped.setdefault(problem.reason, []).append(row.audio_filepath)
         if problem.reason == OOV:
             report.bad_chars |= _bad_chars(row.text, allowed_chars or set())
+    notes = [report.summary()] if report.skipped else []
     if report.skipped:
-        examples = "; ".join(f"{reason}: e.g. {paths[0]}" for reason, paths in sorted(report.skipped.items()))
-        warnings.warn(f"{report.summary()} [{examples}]", stacklevel=2)
+        notes[0] += " [" + "; ".join(f"{reason}: {_listing(paths)}" for reason, paths in sorted(report.skipped.items())) + "]"
+    if report.resampled:
+        notes.append(report.resampling_note(resample_to or 0))
+    if notes:
+        warnings.warn("; ".join(notes), stacklevel=2)
     return report
+
+
+def _listing(paths: list[str], limit: int = 5) -> str:
+    """Every skipped file up to ``limit``, then how many more: each skipped item is named."""
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
 
 
 def _read_header(path: str) -> tuple[float, int] | AudioError:

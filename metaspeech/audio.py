@@ -16,10 +16,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from metaspeech.errors import DataError
+
 SPHERE_MAGIC = b"NIST_1A"
 
 
-class AudioError(ValueError):
+class AudioError(DataError):
     """An audio file is missing, unreadable, empty or at the wrong sample rate."""
 
 

@@ -1,4 +1,12 @@
-"""Crash-safe files: a checkpoint on disk is always either the old one or the new one, never half of one.
+"""Checkpoint files: written crash-safely, read safely.
+
+Reading: :func:`load_checkpoint_file` is the one place that opens a checkpoint
+(``torch.load(weights_only=True)``: no pickled code) and turns a missing or
+unreadable file into a :class:`CheckpointError` that names it;
+:func:`read_metaspeech_section` returns the construction record a metaspeech
+checkpoint carries (model, algorithm, scope, tokenizer, features).
+
+Writing: a checkpoint on disk is always either the old one or the new one, never half of one.
 
 Lightning 2.6's ``TorchCheckpointIO`` serializes a checkpoint into memory, then
 writes it inside an fsspec transaction, which for a local path writes a
@@ -34,7 +42,32 @@ from fsspec.utils import get_protocol
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
+from metaspeech.errors import MetaSpeechError
+
 TEMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(MetaSpeechError, ValueError):
+    """A checkpoint or adaptation file cannot be used; the message says why and what to do."""
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dictionary at ``path``, loaded on the CPU without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the .ckpt written by `metaspeech fit`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- torch raises many types for bad files
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def read_metaspeech_section(path: str | Path) -> dict[str, Any]:
+    """The construction record of a metaspeech checkpoint: model, algorithm, scope, tokenizer, features."""
+    info = load_checkpoint_file(path).get("metaspeech")
+    if not info:
+        raise CheckpointError(f"{path} is not a metaspeech checkpoint (no 'metaspeech' section)")
+    return info
 
 
 def temporary_name(path: str | Path) -> Path:

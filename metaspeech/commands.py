@@ -19,17 +19,21 @@ def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[
     return register
 
 
+def summary(name: str) -> str:
+    """The one-line description of a command (the first line of its docstring)."""
+    return (COMMANDS[name].__doc__ or "").strip().splitlines()[0]
+
+
 def run_command(argv: list[str]) -> int:
+    """Run ``argv[0]`` with the rest of ``argv``; its exit status. User-facing errors propagate to the CLI."""
     name = argv[0]
     if name not in COMMANDS:
-        known = ", ".join(["fit", "validate", "test", "predict", *COMMANDS])
-        print(f"metaspeech: unknown command {name!r}; commands: {known}", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        return COMMANDS[name](argv[1:])
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"metaspeech {name}: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
+        from metaspeech.cli import LIGHTNING_SUBCOMMANDS
+
+        known = ", ".join([*LIGHTNING_SUBCOMMANDS, *COMMANDS])
+        print(f"metaspeech: unknown command {name!r}; commands: {known} (metaspeech --help)", file=sys.stderr)
+        return 2
+    return COMMANDS[name](argv[1:])
 
 
 @command("generate")

@@ -12,6 +12,8 @@ import importlib
 import inspect
 from typing import Any
 
+from metaspeech.errors import MetaSpeechError
+
 
 class RecordsInitArgs:
     """Mixin: instances keep ``init_config = {"class_path", "init_args"}`` of their construction."""
@@ -27,7 +29,7 @@ class RecordsInitArgs:
         return obj
 
 
-class UnknownClassError(ImportError):
+class UnknownClassError(MetaSpeechError, ImportError):
     """A configured ``class_path`` cannot be imported."""
 
 

@@ -18,9 +18,10 @@ from metaspeech.evaluation import AdaptationReport
 
 QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
-    "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+    "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
 ]
-"""Overrides for comparison runs: no per-run logging, checkpoints or meta-validation (the test is the result)."""
+"""Overrides for comparison runs: no per-run logging, checkpoints or meta-validation (the test is the result).
+The progress bar stays: every phase shows outer steps (or held-out speakers) done, the total and the time left."""
 
 
 def _cli(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]):
@@ -38,7 +39,9 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
     """Train the shared starting point (``steps`` outer steps of ``config``); returns its checkpoint."""
     path = root / "base.ckpt"
     if path.is_file():
+        print(f"shared start: reusing {path}", flush=True)
         return path
+    print(f"shared start: {Path(config).stem}, {steps} outer steps, seed {seed}", flush=True)
     cli = _cli(config, data_config, trainer_config, root, seed, [*overrides, f"--trainer.max_steps={steps}"])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.save_checkpoint(path, weights_only=True)  # a start point: weights, no optimizer state
@@ -48,8 +51,10 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
 def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]) -> AdaptationReport:
     """fit + test one configuration; returns its evaluation report."""
     cli = _cli(algorithm_config, data_config, trainer_config, root, seed, overrides)
+    print(f"{Path(algorithm_config).stem}: meta-training, seed {seed}", flush=True)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    print(f"{Path(algorithm_config).stem}: adaptation protocol on the held-out speakers", flush=True)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # the adaptation table is the result
     assert cli.model.last_report is not None
     return cli.model.last_report
 

@@ -17,28 +17,16 @@ from torch import Tensor
 
 from metaspeech.audio import load_audio
 from metaspeech.batch import TaskBatch
+from metaspeech.checkpoint_io import CheckpointError, load_checkpoint_file
 from metaspeech.checkpoint_io import save_atomically  # noqa: F401 -- re-exported: adaptation files are saved with it
 from metaspeech.config import instantiate
+from metaspeech.errors import DataError
 from metaspeech.features import FeatureConfig, FeatureExtractor
 from metaspeech.module import MetaSpeechModule
 from metaspeech.text import normalize_text
 from metaspeech.tokenizer import CharTokenizer, UnknownCharacterError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or adaptation file cannot be used; the message says why and what to do."""
-
-
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the .ckpt written by `metaspeech fit`")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 -- torch raises many types for bad files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
 
 
 def load_module(checkpoint_path: str | Path) -> MetaSpeechModule:
@@ -84,14 +72,14 @@ def find_recordings(source: str | Path, require_text: bool) -> list[Recording]:
     if source.is_file():
         return [Recording(source, _transcript_of(source))]
     if not source.is_dir():
-        raise FileNotFoundError(f"{source} is neither an audio file, a folder of recordings nor a .jsonl manifest")
+        raise DataError(f"{source} is neither an audio file, a folder of recordings nor a .jsonl manifest")
     audio = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not audio:
-        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {source}")
+        raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {source}")
     recordings = [Recording(p, _transcript_of(p)) for p in audio]
     missing = [str(r.path) for r in recordings if r.text is None]
     if require_text and missing:
-        raise ValueError(
+        raise DataError(
             f"{len(missing)} recording(s) have no transcript, e.g. {missing[0]}: "
             f"put the text in {Path(missing[0]).with_suffix('.txt').name} next to it, or use a JSONL manifest"
         )
@@ -118,7 +106,7 @@ def featurize(recordings: list[Recording], config: FeatureConfig, tokenizer: Cha
             try:
                 tokens = tokenizer.encode(text)
             except UnknownCharacterError as err:
-                raise ValueError(f"{recording.path}: {err}") from err
+                raise DataError(f"{recording.path}: {err}") from err
         items.append(UtteranceItem(features.float(), torch.tensor(tokens, dtype=torch.long), text, recording.path.stem))
     return collate_tasks([items])
 

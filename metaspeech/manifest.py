@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from metaspeech.errors import DataError
+
 REQUIRED_KEYS = ("audio_filepath", "text", "speaker", "duration")
 
 
-class ManifestError(ValueError):
+class ManifestError(DataError):
     """A manifest file or row is malformed; the message names the file and line."""
 
 

@@ -33,6 +33,7 @@ from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.ctc import greedy_decode
 from metaspeech.features import FeatureConfig
+from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import log_adaptation_report
@@ -111,6 +112,7 @@ class MetaSpeechModule(L.LightningModule):
         self._records: list[UtteranceRecord] = []
         self._adaptation_seconds: dict[tuple[str, int], float] = {}
         self.last_report: AdaptationReport | None = None
+        self._initialized_from: str | None = None
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -123,20 +125,39 @@ class MetaSpeechModule(L.LightningModule):
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
         if stage == "fit" and self.init_from:
             self._load_recognizer_weights(self.init_from)
+            self._initialized_from = self.init_from
+        elif self.init_from and self._initialized_from != self.init_from:  # a test right after this fit is fine
+            raise ConfigError(
+                f"model.init_from={self.init_from} initializes meta-training (fit) only and would be ignored by "
+                f"{getattr(stage, 'value', stage)}: "
+                f"to evaluate that checkpoint pass --ckpt_path={self.init_from} instead"
+            )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "test" and datamodule is not None:
+            self._check_protocol(getattr(datamodule, "eval_pool_size", None))
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             self.tokenizer = datamodule.tokenizer
             self.feature_config = datamodule.feature_config
             self.frame_shift_seconds = self.feature_config.hop_ms / 1000.0
 
+    def _check_protocol(self, pool_size: int | None) -> None:
+        """Refuse, before any speaker is adapted, shot counts the data's adaptation pools cannot supply."""
+        if pool_size is not None and max(self.test_shots) > pool_size:
+            raise ConfigError(
+                f"model.test_shots={self.test_shots} asks for k={max(self.test_shots)} adaptation utterances, but "
+                f"data.init_args.eval_pool_size={pool_size}: raise eval_pool_size or lower model.test_shots"
+            )
+
     def _load_recognizer_weights(self, path: str) -> None:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        from metaspeech.checkpoint_io import load_checkpoint_file
+
+        checkpoint = load_checkpoint_file(path)
         prefix = "model."
         weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as err:
-            raise RuntimeError(f"model.init_from={path}: its recognizer does not match this one: {err}") from err
+            raise ConfigError(f"model.init_from={path}: its recognizer does not match this one: {err}") from err
 
     def on_fit_start(self) -> None:
         self._log_run_config()
@@ -305,7 +326,7 @@ class MetaSpeechModule(L.LightningModule):
         ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
         for k in shots:
             if k > item.pool.examples_per_task:
-                raise ValueError(
+                raise ConfigError(
                     f"model.test_shots asks for k={k} adaptation utterances but speaker {item.task!r} has an adaptation "
                     f"pool of {item.pool.examples_per_task}: raise data.init_args.eval_pool_size or lower model.test_shots"
                 )
@@ -393,7 +414,14 @@ class MetaSpeechModule(L.LightningModule):
             "features": self._feature_config(),
             "skipped_steps": self.skipped_steps,
             "rng_seed": self.rng_seed,
+            "wandb_run_id": self._wandb_run_id(),
         }
+
+    def _wandb_run_id(self) -> str | None:
+        """The W&B run this fit logs to: ``test --ckpt_path`` resumes it, so one run holds fit and test."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        return next((str(logger.version) for logger in self.loggers if isinstance(logger, WandbLogger)), None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("metaspeech", {})

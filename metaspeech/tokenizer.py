@@ -15,13 +15,14 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
+from metaspeech.errors import DataError
 from metaspeech.text import normalize_text
 
 BLANK = "<blank>"
 _T = TypeVar("_T", bound="_SerializableTokenizer")
 
 
-class UnknownCharacterError(ValueError):
+class UnknownCharacterError(DataError):
     """A transcript contains characters the tokenizer has never seen in its training texts."""
 
     def __init__(self, characters: list[str], text: str) -> None:

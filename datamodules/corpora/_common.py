@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Iterable
 
 from metaspeech.audio import AudioError, SphereAudioError, audio_info
+from metaspeech.errors import MetaSpeechError
 from metaspeech.manifest import Utterance
 
 PROBE_THREADS = 8
 """Header reads are I/O bound (network file systems): a few threads hide the latency."""
 
 
-class CorpusLayoutError(FileNotFoundError):
+class CorpusLayoutError(MetaSpeechError, FileNotFoundError):
     """The corpus root is missing or does not have the layout the loader expects.
 
     The message names the path and the layout that was expected.

@@ -38,6 +38,7 @@ from metaspeech.datamodules.embedded.espeak import synthesize
 from metaspeech.datamodules.embedded.sentences import make_sentence
 from metaspeech.datamodules.embedded.speakers import HELD_OUT_ACCENTS, SpeakerSpec, make_speakers
 from metaspeech.manifest import Utterance, write_manifest
+from metaspeech.progress import progress
 
 GENERATOR_VERSION = 1
 """Bump when generation changes its output, so cached corpora are regenerated."""
@@ -173,15 +174,23 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _render_all(jobs: Sequence[_SpeakerJob], num_workers: int) -> list[Utterance]:
-    """Rows in speaker order, whichever worker rendered which speaker."""
-    if num_workers <= 1:
-        with _single_torch_thread():
-            return [row for job in jobs for row in _render_speaker(job)]
-    # "spawn": workers start clean (no inherited eSpeak or torch thread state).
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(num_workers, initializer=_init_worker) as pool:
-        return [row for rows in pool.imap(_render_speaker, jobs, chunksize=1) for row in rows]
+def _render_all(jobs: Sequence[_SpeakerJob], num_workers: int, description: str) -> list[Utterance]:
+    """Rows in speaker order, whichever worker rendered which speaker; shows speakers done, total and time left."""
+    rows: list[Utterance] = []
+    with progress(description, total=len(jobs)) as advance:
+        if num_workers <= 1:
+            with _single_torch_thread():
+                for job in jobs:
+                    rows += _render_speaker(job)
+                    advance(1)
+            return rows
+        # "spawn": workers start clean (no inherited eSpeak or torch thread state).
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(num_workers, initializer=_init_worker) as pool:
+            for speaker_rows in pool.imap(_render_speaker, jobs, chunksize=1):
+                rows += speaker_rows
+                advance(1)
+    return rows
 
 
 def _default_workers(preset: CorpusPreset) -> int:
@@ -225,7 +234,7 @@ def generate_corpus(
     )
     jobs = [_SpeakerJob(spec, index, preset, seed, directory) for index, spec in enumerate(speakers)]
     workers = _default_workers(preset) if num_workers is None else num_workers
-    rows = _render_all(jobs, min(workers, len(jobs)))
+    rows = _render_all(jobs, min(workers, len(jobs)), f"Synthesizing the {preset.name} corpus (speakers)")
     write_manifest(rows, manifest, relative_to=directory)
     stamp_tmp = directory / (STAMP_NAME + ".tmp")
     stamp_tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
 from metaspeech.models.staged import Stage, StagedModel
+from metaspeech.precision import lstm_needs_float32
 
 
 class ConvSubsampling(nn.Module):
@@ -73,8 +74,13 @@ class BiLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         order = reversed_time_index(lengths, x.shape[1])
-        forward, _ = self.forward_lstm(x)
-        backward, _ = self.backward_lstm(gather_time(x, order))
+        if lstm_needs_float32(x):  # a CPU without bf16 LSTM kernels, under bf16 autocast (metaspeech.precision)
+            with torch.autocast("cpu", enabled=False):
+                forward, _ = self.forward_lstm(x.float())
+                backward, _ = self.backward_lstm(gather_time(x.float(), order))
+        else:
+            forward, _ = self.forward_lstm(x)
+            backward, _ = self.backward_lstm(gather_time(x, order))
         out = torch.cat([forward, gather_time(backward, order)], dim=-1)
         valid = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]
         return self.dropout(out * valid.unsqueeze(-1).to(out.dtype)), lengths

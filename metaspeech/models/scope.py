@@ -19,6 +19,7 @@ from typing import Callable
 
 from torch import nn
 
+from metaspeech.errors import ConfigError
 from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm
 
 
@@ -41,7 +42,7 @@ PRESETS: dict[str, Callable[[nn.Module], list[str]]] = {
 }
 
 
-class ScopeError(ValueError):
+class ScopeError(ConfigError):
     """A scope entry matched nothing or named an unknown preset."""
 
 

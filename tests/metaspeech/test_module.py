@@ -84,7 +84,15 @@ def test_step_with_finite_loss_but_non_finite_meta_gradient_is_skipped(tiny_data
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_bf16_autocast_adaptation_still_lowers_the_loss(tiny_data, tiny_module) -> None:
+@pytest.fixture(params=["auto", "float32"])
+def lstm_bf16_mode(request, monkeypatch) -> str:
+    """Each bf16 test runs twice: with this CPU's own LSTM kernels and with the float32 fallback forced,
+    so the path a CPU without native bf16 takes is tested on every machine."""
+    monkeypatch.setenv("METASPEECH_CPU_BF16_LSTM", request.param)
+    return request.param
+
+
+def test_bf16_autocast_adaptation_still_lowers_the_loss(tiny_data, tiny_module, lstm_bf16_mode) -> None:
     data = tiny_data()
     data.setup("fit")
     item = next(iter(data.val_dataloader()))
@@ -96,7 +104,7 @@ def test_bf16_autocast_adaptation_still_lowers_the_loss(tiny_data, tiny_module) 
     assert torch.isfinite(after) and after < before
 
 
-def test_bf16_mixed_second_order_maml_meta_gradient_matches_float32(tiny_data, tiny_module) -> None:
+def test_bf16_mixed_second_order_maml_meta_gradient_matches_float32(tiny_data, tiny_module, lstm_bf16_mode) -> None:
     """Under bf16 autocast the second-order meta-gradient stays finite and points where the float32 one does."""
     data = tiny_data()
     data.setup("fit")
@@ -113,7 +121,7 @@ def test_bf16_mixed_second_order_maml_meta_gradient_matches_float32(tiny_data, t
     assert cosine > 0.95, f"bf16 meta-gradient direction differs from float32 (cosine {cosine:.3f})"
 
 
-def test_bf16_mixed_trainer_runs_second_order_maml(tiny_data, tiny_module, tiny_trainer) -> None:
+def test_bf16_mixed_trainer_runs_second_order_maml(tiny_data, tiny_module, tiny_trainer, lstm_bf16_mode) -> None:
     module = tiny_module(MAML(inner_steps=1, inner_lr=0.5))
     before = [p.detach().clone() for p in module.parameters()]
     tiny_trainer(max_steps=2, precision="bf16-mixed", limit_val_batches=0).fit(module, datamodule=tiny_data())

@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from metaspeech.checkpoint_io import AtomicCheckpointIO, save_atomically, use_atomic_checkpoint_io
-from metaspeech.cli import main
+from metaspeech.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[2]
 METASPEECH = Path(sys.executable).with_name("metaspeech")
@@ -171,7 +171,7 @@ def _run_scenario(corpus_root: Path, feature_cache: Path, tmp: Path, algorithm: 
             mp.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
             torch.set_num_threads(1)
             # The uninterrupted reference runs here while the subprocess heads for its kill point.
-            cli = main(_fit_args(corpus_root, feature_cache, straight, _callbacks_config(
+            cli = build_cli(_fit_args(corpus_root, feature_cache, straight, _callbacks_config(
                 tmp / "straight.yaml", straight / "ckpt", best_dir=straight / "best"), max_steps, algorithm))
             checkpoint_ios.append(cli.trainer.strategy.checkpoint_io)
             _wait_for(marker, process, log, timeout=300)
@@ -188,7 +188,7 @@ def _run_scenario(corpus_root: Path, feature_cache: Path, tmp: Path, algorithm: 
 
             mp.setattr(torch, "load", recording_load)
             mp.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")  # resuming must not need to unpickle arbitrary objects
-            cli = main([*_fit_args(corpus_root, feature_cache, killed, _callbacks_config(
+            cli = build_cli([*_fit_args(corpus_root, feature_cache, killed, _callbacks_config(
                 tmp / "resumed.yaml", killed / "ckpt"), max_steps, algorithm), f"--ckpt_path={last}"])
             checkpoint_ios.append(cli.trainer.strategy.checkpoint_io)
     finally:

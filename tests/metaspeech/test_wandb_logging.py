@@ -270,3 +270,31 @@ def test_report_goes_to_csv_tables_on_rank_zero_only(tmp_path: Path, monkeypatch
     log_adaptation_report([logger], report)
     with (Path(logger.log_dir) / "tables" / "test_speaker_table.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 8
+
+
+def test_testing_a_checkpoint_logs_into_the_wandb_run_of_its_fit(wandb_env: Path, tiny_cli_args) -> None:
+    """``fit`` then ``test --ckpt_path``: one W&B run (resumed by the id the checkpoint records)."""
+    import wandb
+
+    from metaspeech.cli import build_cli
+
+    arguments = [a for a in tiny_cli_args("fomaml.yaml") if a != "--trainer.logger=false"]
+    logger = ["--trainer.logger=metaspeech.loggers.WandbLogger", f"--trainer.logger.save_dir={wandb_env / 'runs'}",
+              "--trainer.logger.project=metaspeech-test"]
+    try:
+        fit = build_cli(["fit", *arguments, *logger, "--trainer.max_steps=2", "--trainer.limit_val_batches=0"])
+        run_id = fit.trainer.logger.version
+        fit.trainer.logger.experiment.finish()
+        checkpoint = sorted(wandb_env.rglob("*.ckpt"))[-1]
+        assert torch_load(checkpoint)["metaspeech"]["wandb_run_id"] == run_id
+        test = build_cli(["test", *arguments, *logger, f"--model.results_dir={wandb_env}", f"--ckpt_path={checkpoint}"])
+        assert test.trainer.logger.version == run_id
+        test.trainer.logger.experiment.finish()
+    finally:
+        wandb.teardown()
+
+
+def torch_load(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
