@@ -37,11 +37,15 @@ def collate_tasks(items: Sequence[Sequence[UtteranceItem]]) -> TaskBatch:
     tokens = pad_sequence([item.tokens.to(torch.long) for item in flat], batch_first=True, padding_value=0)
     feature_lengths = torch.tensor([item.features.shape[0] for item in flat], dtype=torch.long)
     token_lengths = torch.tensor([item.tokens.shape[0] for item in flat], dtype=torch.long)
+    statistics = None
+    if all(item.statistics is not None for item in flat):
+        statistics = torch.stack([item.statistics.to(torch.float32) for item in flat]).view(*shape, -1)
     return TaskBatch(
         inputs=(features.view(*shape, *features.shape[1:]), feature_lengths.view(shape)),
         targets=(tokens.view(*shape, tokens.shape[1]), token_lengths.view(shape)),
         texts=[[item.text for item in task] for task in items],
         ids=[[item.utt_id for item in task] for task in items],
+        statistics=statistics,
     )
 
 

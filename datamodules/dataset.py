@@ -22,7 +22,8 @@ class UtteranceItem(NamedTuple):
     ``features`` is float32 ``[frames, F]``; ``tokens`` is long ``[L]`` (``L`` may
     be 0 when there is no transcript). ``index`` is the row in its dataset
     (-1 when the item was built outside a dataset); :class:`MetaBatchCollator`
-    uses it to name each item's task.
+    uses it to name each item's task. ``statistics`` (``[2F]``, optional) are the
+    mean and std of the features before normalization, for task embeddings.
     """
 
     features: Tensor
@@ -30,6 +31,7 @@ class UtteranceItem(NamedTuple):
     text: str
     utt_id: str
     index: int = -1
+    statistics: Tensor | None = None
 
 
 class UtteranceDataset(Dataset):
@@ -41,6 +43,7 @@ class UtteranceDataset(Dataset):
         texts: per utterance its normalized transcript.
         ids: per utterance a unique id (used in reports).
         transform: applied to the float32 features of every item (e.g. global CMVN).
+        statistics: per utterance its feature statistics before normalization ``[2F]`` (optional).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class UtteranceDataset(Dataset):
         texts: Sequence[str],
         ids: Sequence[str],
         transform: FeatureTransform | None = None,
+        statistics: Sequence[Tensor] | None = None,
     ) -> None:
         lengths = {"features": len(features), "tokens": len(tokens), "texts": len(texts), "ids": len(ids)}
         if len(set(lengths.values())) > 1:
@@ -62,6 +66,9 @@ class UtteranceDataset(Dataset):
         self.texts = list(texts)
         self.ids = list(ids)
         self.transform = transform
+        self.statistics = list(statistics) if statistics is not None else None
+        if self.statistics is not None and len(self.statistics) != len(self.features):
+            raise ValueError(f"UtteranceDataset got {len(self.statistics)} statistics for {len(self.features)} utterances")
 
     def __len__(self) -> int:
         return len(self.features)
@@ -71,7 +78,8 @@ class UtteranceDataset(Dataset):
         if self.transform is not None:
             features = self.transform(features)
         tokens = torch.as_tensor(self.tokens[index], dtype=torch.long).reshape(-1)
-        return UtteranceItem(features, tokens, self.texts[index], self.ids[index], index)
+        statistics = self.statistics[index] if self.statistics is not None else None
+        return UtteranceItem(features, tokens, self.texts[index], self.ids[index], index, statistics)
 
     @property
     def feature_dim(self) -> int | None:

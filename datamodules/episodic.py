@@ -201,7 +201,7 @@ class EpisodicDataModule(L.LightningDataModule):
         cache = FeatureCache(Path(self.cache_dir), self.feature_config)
         for split in SPLITS:
             split_rows = by_split.get(split, [])
-            features = cache.load_or_compute(
+            features, statistics = cache.load_or_compute_with_statistics(
                 [r.audio_filepath for r in split_rows],
                 lambda path: load_audio(path, self.feature_config.sample_rate),
                 num_workers=FEATURE_THREADS,
@@ -211,6 +211,7 @@ class EpisodicDataModule(L.LightningDataModule):
                 tokens=[self.tokenizer.encode(normalize_text(r.text)) for r in split_rows],
                 texts=[normalize_text(r.text) for r in split_rows],
                 ids=[r.utterance_id for r in split_rows],
+                statistics=statistics,
             )
             self.task_indices[split] = self._group_by_task(split_rows)
 

@@ -23,12 +23,18 @@ from torch import Tensor
 
 @dataclass
 class TaskBatch:
-    """T tasks x B examples. ``texts``/``ids`` are ``[T][B]`` lists (may be empty for toy data)."""
+    """T tasks x B examples. ``texts``/``ids`` are ``[T][B]`` lists (may be empty for toy data).
+
+    ``statistics`` (``[T, B, S]``, optional) describes each example without being a model
+    input: for speech, the feature mean and std before per-utterance normalization, which
+    task embeddings pool (:meth:`metaspeech.models.StagedModel.task_statistics`).
+    """
 
     inputs: tuple[Tensor, ...]
     targets: tuple[Tensor, ...]
     texts: list[list[str]] = field(default_factory=list)
     ids: list[list[str]] = field(default_factory=list)
+    statistics: Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -45,6 +51,7 @@ class TaskBatch:
             targets=tuple(t[index : index + 1] for t in self.targets),
             texts=self.texts[index : index + 1],
             ids=self.ids[index : index + 1],
+            statistics=self.statistics[index : index + 1] if self.statistics is not None else None,
         )
 
     def take(self, count: int) -> "TaskBatch":
@@ -54,6 +61,7 @@ class TaskBatch:
             targets=tuple(t[:, :count] for t in self.targets),
             texts=[row[:count] for row in self.texts],
             ids=[row[:count] for row in self.ids],
+            statistics=self.statistics[:, :count] if self.statistics is not None else None,
         )
 
     @staticmethod
@@ -64,6 +72,8 @@ class TaskBatch:
             targets=tuple(_cat_padded(a, b) for a, b in zip(first.targets, second.targets)),
             texts=[a + b for a, b in zip(first.texts, second.texts)],
             ids=[a + b for a, b in zip(first.ids, second.ids)],
+            statistics=(torch.cat([first.statistics, second.statistics], dim=1)
+                        if first.statistics is not None and second.statistics is not None else None),
         )
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metaspeech.precision import full_precision
+
 _LOG_ZERO = -1.0e30
 """A finite "log 0" for unreachable states: ``-inf - (-inf)`` would turn gradients into NaN."""
 _REDUCTIONS = ("none", "sum", "mean")
@@ -55,8 +57,7 @@ def differentiable_ctc_loss(
             give loss 0 and zero gradient instead of ``inf``.
     """
     _check_inputs(log_probs, targets, input_lengths, target_lengths, reduction)
-    if log_probs.dtype in (torch.float16, torch.bfloat16):
-        log_probs = log_probs.float()
+    log_probs = full_precision(log_probs)
     input_lengths = input_lengths.to(log_probs.device).long()
     target_lengths = target_lengths.to(log_probs.device).long()
     ext = _extended_targets(targets.to(log_probs.device).long(), target_lengths, blank)
@@ -170,7 +171,7 @@ def ctc_loss(
             log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity=True
         )
     return F.ctc_loss(
-        log_probs.float().transpose(0, 1), targets, input_lengths, target_lengths,
+        full_precision(log_probs).transpose(0, 1), targets, input_lengths, target_lengths,
         blank=blank, reduction=reduction, zero_infinity=True,
     )
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 """Bumped when the extraction code changes the numbers, so old caches are not reused."""
 _LOG_FLOOR = 1e-6
 _CMVN_EPS = 1e-5
@@ -117,6 +117,17 @@ class FeatureExtractor(nn.Module):
             self.transform = torchaudio.transforms.MFCC(c.sample_rate, n_mfcc=c.n_mfcc, melkwargs=mel_args)
 
     def forward(self, waveform: Tensor) -> Tensor:
+        return self.extract(waveform)[0]
+
+    def extract(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
+        """``(features, statistics)``: the features and the per-dimension mean and std of the
+        features *before* mean/variance normalization, ``[..., 2 * dim]``.
+
+        Why keep the statistics: per-utterance CMVN removes each speaker's static spectral
+        offsets (tilt, channel colour, vocal level), so statistics pooled over normalized
+        features are the same for every speaker. These are what a task embedding
+        (e.g. :class:`~metaspeech.algorithms.HyperInit`) needs to tell speakers apart.
+        """
         if waveform.dim() not in (1, 2):
             raise ValueError(f"waveform must be [samples] or [B, samples], got shape {tuple(waveform.shape)}")
         if self.config.vad_trim and waveform.dim() != 1:
@@ -130,9 +141,10 @@ class FeatureExtractor(nn.Module):
         if self.config.vad_trim:
             energy = frame_energy_db(waveform, self.config.win_length, self.config.hop_length, features.shape[0])
             features = trim_silence(features, energy)
+        statistics = torch.cat([features.mean(dim=-2), features.std(dim=-2, unbiased=False)], dim=-1)
         if self.config.cmvn == "utterance":
             features = utterance_cmvn(features)
-        return features
+        return features, statistics
 
 
 def _next_power_of_two(n: int) -> int:
@@ -315,21 +327,28 @@ class FeatureCache:
         ``config.sample_rate`` (e.g. :func:`metaspeech.audio.load_audio`); it is
         called only on a cache miss, from ``num_workers`` threads if > 0.
         """
+        return self.load_or_compute_with_statistics(paths, load_fn, num_workers)[0]
+
+    def load_or_compute_with_statistics(
+        self, paths: Sequence[str], load_fn: Callable[[str], Tensor], num_workers: int = 0
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Features as :meth:`load_or_compute`, and per path the float32 statistics ``[2 * dim]``
+        of its features before normalization (see :meth:`FeatureExtractor.extract`)."""
         paths = [str(p) for p in paths]
         if not paths:
-            return []
+            return [], []
         cache_file = self.path_for(paths)
         stored = self._read(cache_file)
         if stored is None:
             unique = sorted(set(paths))
             stored = dict(zip(unique, self._compute(unique, load_fn, num_workers)))
             self._write(cache_file, stored)
-        return [stored[path] for path in paths]
+        return [stored[path][0] for path in paths], [stored[path][1] for path in paths]
 
-    def _compute(self, paths: list[str], load_fn: Callable[[str], Tensor], num_workers: int) -> list[Tensor]:
+    def _compute(self, paths: list[str], load_fn: Callable[[str], Tensor], num_workers: int) -> list[tuple[Tensor, Tensor]]:
         extractor = FeatureExtractor(self.config)
 
-        def one(path: str) -> Tensor:
+        def one(path: str) -> tuple[Tensor, Tensor]:
             waveform = load_fn(path)
             if not isinstance(waveform, Tensor) or waveform.dim() != 1:
                 shape = tuple(waveform.shape) if isinstance(waveform, Tensor) else type(waveform).__name__
@@ -338,27 +357,29 @@ class FeatureCache:
                     "pass the audio loader (e.g. metaspeech.audio.load_audio), not a feature extractor"
                 )
             with torch.no_grad():
-                return extractor(waveform).to(torch.float16).contiguous()
+                features, statistics = extractor.extract(waveform)
+            return features.to(torch.float16).contiguous(), statistics.float()
 
         if num_workers > 0:
             with ThreadPoolExecutor(max_workers=num_workers) as pool:
                 return list(pool.map(one, paths))
         return [one(path) for path in paths]
 
-    def _read(self, cache_file: Path) -> dict[str, Tensor] | None:
+    def _read(self, cache_file: Path) -> dict[str, tuple[Tensor, Tensor]] | None:
         if not cache_file.is_file():
             return None
         try:
             data = torch.load(cache_file, map_location="cpu", weights_only=True)
-            return dict(zip(data["paths"], data["features"], strict=True))
+            return dict(zip(data["paths"], zip(data["features"], data["statistics"], strict=True), strict=True))
         except Exception as err:  # a damaged file: recompute rather than fail or return wrong features
             warnings.warn(f"feature cache {cache_file} is unreadable ({err}); recomputing it", stacklevel=3)
             return None
 
-    def _write(self, cache_file: Path, stored: dict[str, Tensor]) -> None:
+    def _write(self, cache_file: Path, stored: dict[str, tuple[Tensor, Tensor]]) -> None:
         from metaspeech.checkpoint_io import save_atomically  # lazy: it imports Lightning
 
-        payload = {"config": asdict(self.config), "paths": list(stored), "features": list(stored.values())}
+        payload = {"config": asdict(self.config), "paths": list(stored),
+                   "features": [f for f, _ in stored.values()], "statistics": [s for _, s in stored.values()]}
         save_atomically(payload, cache_file)
 
 

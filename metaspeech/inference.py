@@ -99,7 +99,7 @@ def featurize(recordings: list[Recording], config: FeatureConfig, tokenizer: Cha
     extractor = FeatureExtractor(config)
     items = []
     for recording in recordings:
-        features = extractor(load_audio(recording.path, config.sample_rate))
+        features, statistics = extractor.extract(load_audio(recording.path, config.sample_rate))
         text = normalize_text(recording.text or "")
         tokens: list[int] = []
         if tokenizer is not None and recording.text is not None:
@@ -107,7 +107,8 @@ def featurize(recordings: list[Recording], config: FeatureConfig, tokenizer: Cha
                 tokens = tokenizer.encode(text)
             except UnknownCharacterError as err:
                 raise DataError(f"{recording.path}: {err}") from err
-        items.append(UtteranceItem(features.float(), torch.tensor(tokens, dtype=torch.long), text, recording.path.stem))
+        items.append(UtteranceItem(features.float(), torch.tensor(tokens, dtype=torch.long), text, recording.path.stem,
+                                   statistics=statistics.float()))
     return collate_tasks([items])
 
 

@@ -51,6 +51,7 @@ class PreparedTasks:
     inputs: tuple[Tensor, ...]
     targets: tuple[Tensor, ...]
     num_tasks: int
+    statistics: Tensor | None = None  # [T * B, S] per-example statistics (TaskBatch.statistics)
 
 
 def _flatten(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -102,11 +103,13 @@ class Learner:
         """Flatten ``batch`` and run the stages the inner loop does not change, once."""
         inputs = _flatten(batch.inputs)
         state = self.model(*inputs, stop=self.first_stage)
-        return PreparedTasks(state=state, inputs=inputs, targets=_flatten(batch.targets), num_tasks=batch.num_tasks)
+        statistics = batch.statistics.flatten(0, 1) if batch.statistics is not None else None
+        return PreparedTasks(state=state, inputs=inputs, targets=_flatten(batch.targets), num_tasks=batch.num_tasks,
+                             statistics=statistics)
 
     def task_statistics(self, prepared: PreparedTasks) -> Tensor:
         """``[T, model.summary_dim]`` description of each task (for task-conditioned algorithms)."""
-        return self.model.task_statistics(prepared.inputs, prepared.targets, prepared.num_tasks)
+        return self.model.task_statistics(prepared.inputs, prepared.targets, prepared.num_tasks, prepared.statistics)
 
     def losses(self, fast: FastWeights, prepared: PreparedTasks, create_graph: bool = False) -> Tensor:
         """Per-task mean loss ``[T]`` with ``fast`` weights (each ``[T, *shape]``)."""

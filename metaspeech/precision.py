@@ -47,3 +47,15 @@ def lstm_needs_float32(x: Tensor) -> bool:
     if mode != "auto":
         return mode == "float32"
     return not cpu_has_bf16_lstm()
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def full_precision(x: Tensor) -> Tensor:
+    """``x`` in float32 when autocast left it in half precision, else unchanged.
+
+    Why: log-softmax and CTC need float32 under autocast, but a float64 model must stay
+    float64 end to end, or float64 meta-gradient checks only hold to float32 precision.
+    """
+    return x.float() if x.dtype in HALF_DTYPES else x

@@ -45,7 +45,7 @@ class SineMLP(StagedModel):
     def summary_dim(self) -> int:
         return 3
 
-    def task_statistics(self, inputs, targets, num_tasks):
+    def task_statistics(self, inputs, targets, num_tasks, statistics=None):
         x, y = inputs[0].reshape(num_tasks, -1), targets[0].reshape(num_tasks, -1)
         return torch.stack([y.mean(1), (y * torch.sin(x)).mean(1), (y * torch.cos(x)).mean(1)], dim=1)
 

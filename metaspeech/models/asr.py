@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
 from metaspeech.models.staged import Stage, StagedModel
-from metaspeech.precision import lstm_needs_float32
+from metaspeech.precision import full_precision, lstm_needs_float32
 
 
 class ConvSubsampling(nn.Module):
@@ -178,7 +178,7 @@ class OutputHead(nn.Module):
         self.linear = TaskLinear(dim, vocab_size)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.log_softmax(self.linear(x).float(), dim=-1), lengths
+        return torch.log_softmax(full_precision(self.linear(x)), dim=-1), lengths  # float32 under autocast
 
 
 class CTCRecognizer(StagedModel):
@@ -215,12 +215,19 @@ class CTCRecognizer(StagedModel):
     def summary_dim(self) -> int:
         return 2 * self.input_dim
 
-    def task_statistics(self, inputs: tuple[Tensor, ...], targets: tuple[Tensor, ...], num_tasks: int) -> Tensor:
-        """Mean and standard deviation of each task's input features over all its valid frames.
+    def task_statistics(
+        self, inputs: tuple[Tensor, ...], targets: tuple[Tensor, ...], num_tasks: int, statistics: Tensor | None = None
+    ) -> Tensor:
+        """Mean and standard deviation of each task's features: a speaker/channel descriptor ``[T, 2F]``
+        in the spirit of statistics pooling.
 
-        ``inputs = (features [T*B, frames, F], lengths [T*B])`` -> ``[T, 2F]``: a cheap
-        speaker/channel descriptor in the spirit of statistics pooling.
+        With ``statistics [T*B, 2F]`` (each utterance's feature mean and std *before*
+        normalization, from the data pipeline) it is their average over the task's utterances.
+        Without them it is computed from ``inputs = (features [T*B, frames, F], lengths [T*B])``
+        over all valid frames; after per-utterance CMVN that is the same for every speaker.
         """
+        if statistics is not None:
+            return statistics.reshape(num_tasks, -1, statistics.shape[-1]).mean(dim=1).to(inputs[0].dtype)
         features, lengths = inputs[0], inputs[1]
         mask = (torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]).to(features.dtype)
         masked = (features * mask.unsqueeze(-1)).reshape(num_tasks, -1, features.shape[-1])

@@ -44,11 +44,14 @@ class StagedModel(RecordsInitArgs, nn.Module):
         """Size of :meth:`task_statistics`' output per task."""
         raise NotImplementedError(f"{type(self).__name__} does not define task statistics")
 
-    def task_statistics(self, inputs: tuple[Tensor, ...], targets: tuple[Tensor, ...], num_tasks: int) -> Tensor:
+    def task_statistics(
+        self, inputs: tuple[Tensor, ...], targets: tuple[Tensor, ...], num_tasks: int, statistics: Tensor | None = None
+    ) -> Tensor:
         """A fixed-size description of each task from its examples: ``[T, summary_dim]``.
 
         Used by task-conditioned algorithms (e.g. a hypernetwork) to embed a support set.
-        ``inputs``/``targets`` are flattened: leading dimension ``T * B``.
+        ``inputs``/``targets`` are flattened: leading dimension ``T * B``; ``statistics``
+        ``[T * B, S]`` are per-example descriptors from the data, when it has them.
         """
         raise NotImplementedError(f"{type(self).__name__} does not define task statistics")
 

@@ -130,3 +130,21 @@ def test_check_task_sizes_names_small_tasks() -> None:
     assert len(many.too_small) == 12
     assert many.message.startswith("12 speaker tasks have fewer utterances than k_shot+q_query needs (12): 's00' (0),")
     assert "and 2 more" in many.message
+
+
+def test_audio_at_another_rate_is_kept_for_resampling_and_counted(tmp_path: Path, write_audio, good) -> None:
+    """The README's policy: wrong-rate audio is resampled (in skip and raise mode), with a count in the warning."""
+    rows = [good, *(Utterance(str(write_audio(tmp_path / f"r{i}.wav", 0.3, sample_rate=8000)), "ok", "s1", 0.3) for i in range(2)),
+            Utterance(str(write_audio(tmp_path / "r48.wav", 0.3, sample_rate=48000)), "ok", "s1", 0.3)]
+    for on_error in ("skip", "raise"):
+        with pytest.warns(UserWarning, match=r"resampling 3 utterance\(s\) to 16000 Hz \(8000 Hz: 2, 48000 Hz: 1; e\.g\. .*r0\.wav\)"):
+            report = validate_utterances(rows, allowed_chars=None, resample_to=16000, on_error=on_error)
+        assert len(report.kept) == 4 and set(report.resampled.values()) == {8000, 48000}
+
+
+def test_the_skip_warning_names_the_skipped_files_and_counts_the_rest(tmp_path: Path, write_audio) -> None:
+    rows = [Utterance(str(tmp_path / f"gone{i}.wav"), "text", "s1", 1.0) for i in range(7)]
+    with pytest.warns(UserWarning) as caught:
+        validate_utterances(rows, allowed_chars=None)
+    message = str(caught[0].message)
+    assert all(f"gone{i}.wav" in message for i in range(5)) and "and 2 more" in message
