@@ -64,6 +64,17 @@ class TaskBatch:
             statistics=self.statistics[:, :count] if self.statistics is not None else None,
         )
 
+    def select(self, indices: list[int]) -> "TaskBatch":
+        """Examples ``indices`` of every task, in that order (e.g. the folds of a support set)."""
+        index = torch.tensor(indices, dtype=torch.long)
+        return TaskBatch(
+            inputs=tuple(t[:, index] for t in self.inputs),
+            targets=tuple(t[:, index] for t in self.targets),
+            texts=[[row[i] for i in indices] for row in self.texts],
+            ids=[[row[i] for i in indices] for row in self.ids],
+            statistics=self.statistics[:, index] if self.statistics is not None else None,
+        )
+
     @staticmethod
     def concat_examples(first: "TaskBatch", second: "TaskBatch") -> "TaskBatch":
         """Join two batches of the same tasks along the example axis (pads to the longer)."""

@@ -63,6 +63,7 @@ class ConditionResult:
     cer: float
     relative_wer_reduction: float
     median_speaker_wer: float
+    median_speaker_relative_reduction: float
     speakers_worse: float
     speakers: int
     utterances: int
@@ -81,7 +82,9 @@ class AdaptationReport:
         records: Iterable[UtteranceRecord],
         adaptation_seconds: dict[tuple[str, int], float] | None = None,
         groups: dict[str, str] | None = None,
+        settings: dict[str, Any] | None = None,
     ):
+        self.settings = dict(settings or {})  # protocol choices, e.g. the inner learning rate chosen on meta-val
         self.records = list(records)
         self.adaptation_seconds = adaptation_seconds or {}
         self.groups = {task: group for task, group in (groups or {}).items() if any(r.task == task for r in self.records)}
@@ -90,7 +93,7 @@ class AdaptationReport:
     def load(cls, json_path: str | Path) -> "AdaptationReport":
         """A report from the JSON that :meth:`write` produced (records and task groups)."""
         data = json.loads(Path(json_path).read_text())
-        return cls([UtteranceRecord(**r) for r in data["records"]], groups=data.get("task_groups"))
+        return cls([UtteranceRecord(**r) for r in data["records"]], groups=data.get("task_groups"), settings=data.get("settings"))
 
     def group_names(self) -> list[str]:
         return sorted(set(self.groups.values()))
@@ -125,6 +128,7 @@ class AdaptationReport:
             cer=_rate(rows, "char_errors", "chars"),
             relative_wer_reduction=(base_wer - wer) / base_wer if base_wer and base_wer == base_wer else 0.0,
             median_speaker_wer=statistics.median(per_speaker.values()) if per_speaker else float("nan"),
+            median_speaker_relative_reduction=_median_relative_reduction(per_speaker, base_per_speaker),
             speakers_worse=len(worse) / len(per_speaker) if per_speaker and baseline else 0.0,
             speakers=len(per_speaker),
             utterances=len(rows),
@@ -175,7 +179,8 @@ class AdaptationReport:
         json_path, csv_path = directory / f"{name}.json", directory / f"{name}.csv"
         by_group = {group: self.subset(group).to_rows() for group in self.group_names()}
         json_path.write_text(json.dumps(
-            {"conditions": rows, "groups": by_group, "task_groups": self.groups, "records": [asdict(r) for r in self.records]},
+            {"conditions": rows, "groups": by_group, "task_groups": self.groups, "settings": self.settings,
+             "records": [asdict(r) for r in self.records]},
             indent=2,
         ))
         with csv_path.open("w", newline="") as handle:
@@ -190,15 +195,16 @@ class AdaptationReport:
         from rich.table import Table
 
         table = Table(title=title)
-        for column in ("k", "steps", "WER %", "CER %", "rel. WER red. %", "median spk WER %", "spk worse %", "speakers", "adapt s"):
+        for column in ("k", "steps", "WER %", "CER %", "rel. WER red. %", "median spk WER %", "median spk rel. red. %",
+                       "spk worse %", "speakers", "adapt s"):
             table.add_column(column, justify="right")
         for c in self.conditions():
             table.add_row(
                 str(c.shots), str(c.steps), f"{100 * c.wer:.1f}", f"{100 * c.cer:.1f}",
                 f"{100 * c.relative_wer_reduction:+.1f}", f"{100 * c.median_speaker_wer:.1f}",
-                f"{100 * c.speakers_worse:.0f}", str(c.speakers), f"{c.adaptation_seconds:.1f}",
+                f"{100 * c.median_speaker_relative_reduction:+.1f}", f"{100 * c.speakers_worse:.0f}", str(c.speakers), f"{c.adaptation_seconds:.1f}",
             )
-        console = Console(width=120, record=True, force_terminal=False, force_jupyter=False)
+        console = Console(width=140, record=True, force_terminal=False, force_jupyter=False)
         with console.capture() as capture:
             console.print(table)
             if self.group_names():
@@ -219,6 +225,12 @@ class AdaptationReport:
                 f"{100 * cells[n][(c.shots, c.steps)].wer:.1f} ({100 * cells[n][(c.shots, c.steps)].relative_wer_reduction:+.0f}%)"
                 if (c.shots, c.steps) in cells[n] else "-" for n in names))
         return table
+
+
+def _median_relative_reduction(per_speaker: dict[str, float], baseline: dict[str, float]) -> float:
+    """Median over speakers of (WER at s = 0 - WER) / WER at s = 0; speakers with a perfect start count 0."""
+    reductions = [(baseline[t] - wer) / baseline[t] if baseline[t] > 0 else 0.0 for t, wer in per_speaker.items() if t in baseline]
+    return statistics.median(reductions) if reductions else 0.0
 
 
 def _rate(rows: list[UtteranceRecord], errors: str, total: str) -> float:

@@ -42,6 +42,9 @@ from metaspeech.models.staged import StagedModel
 from metaspeech.randomness import seeded_rng
 from metaspeech.tokenizer import CharTokenizer
 
+ADAPTATION_GUARDS = ("none", "cross_validation")
+GUARD_FOLDS = 5
+
 INFERENCE_MODE_HELP = (
     "test-time adaptation needs gradients, but the Trainer runs evaluation in inference mode: "
     "set trainer.inference_mode=false (the metaspeech CLI does this by default)"
@@ -68,6 +71,10 @@ class MetaSpeechModule(L.LightningModule):
             joint-trained base model that meta-training starts from); optimizer state is not taken.
         augmentation: training-time augmentation of each meta-batch (task frequency warping,
             SpecAugment); None: none.
+        adaptation_guard: ``none``, or ``cross_validation``: test-time adaptation keeps a task's
+            adapted weights only if adapting on part of its support lowers the loss on the rest
+            (up to 5 folds); otherwise the task keeps its unadapted start. A guard against
+            harmful adaptation; it costs one extra adaptation per fold.
     """
 
     def __init__(
@@ -86,12 +93,17 @@ class MetaSpeechModule(L.LightningModule):
         results_dir: str | None = None,
         init_from: str | None = None,
         augmentation: EpisodeAugmentation | None = None,
+        adaptation_guard: str = "none",
     ) -> None:
         super().__init__()
+        if adaptation_guard not in ADAPTATION_GUARDS:
+            raise ConfigError(f"model.adaptation_guard must be one of {ADAPTATION_GUARDS}, got {adaptation_guard!r}")
+        self.adaptation_guard = adaptation_guard
         # Evaluation and output settings are not model hyperparameters: a checkpoint must not
         # override them when a user tests it with other shots, steps or an output folder.
         self.save_hyperparameters(
-            ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir", "init_from", "augmentation"]
+            ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir", "init_from", "augmentation",
+                    "adaptation_guard"]
         )
         self.augmentation = augmentation
         self.results_dir = results_dir
@@ -113,6 +125,7 @@ class MetaSpeechModule(L.LightningModule):
         self._adaptation_seconds: dict[tuple[str, int], float] = {}
         self.last_report: AdaptationReport | None = None
         self._initialized_from: str | None = None
+        self.protocol_settings: dict[str, Any] = {}  # choices made for the test protocol (e.g. on meta-val), reported
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -168,7 +181,7 @@ class MetaSpeechModule(L.LightningModule):
     def _log_run_config(self) -> None:
         """What ``save_hyperparameters`` leaves out: the recognizer, the algorithm, the scope, the protocol."""
         config = {"recognizer": self.model.init_config, "algorithm": self.algorithm.init_config, "scope": self.scope,
-                  "test_shots": self.test_shots, "test_steps": self.test_steps,
+                  "test_shots": self.test_shots, "test_steps": self.test_steps, "adaptation_guard": self.adaptation_guard,
                   "augmentation": self.augmentation.describe() if self.augmentation is not None else None}
         for logger in self.loggers:
             logger.log_hyperparams(config)
@@ -277,9 +290,36 @@ class MetaSpeechModule(L.LightningModule):
     def adapt(self, support: TaskBatch, steps: int) -> FastWeights:
         """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``.
 
-        Under ``16-mixed`` the inner loss is scaled by the Trainer's GradScaler scale, halved
-        until the inner gradients are finite.
+        With ``adaptation_guard="cross_validation"`` a task whose adaptation does not generalize
+        within its own support set keeps its unadapted weights (see :meth:`_adaptation_helps`).
         """
+        adapted = self._adapt(support, steps)
+        if self.adaptation_guard == "none" or steps == 0 or support.examples_per_task < 2:
+            return adapted
+        keep = self._adaptation_helps(support, steps)
+        start = self._adapt(support, 0)
+        return {name: torch.where(keep.view(-1, *[1] * (w.dim() - 1)), w, start[name]) for name, w in adapted.items()}
+
+    def _adaptation_helps(self, support: TaskBatch, steps: int) -> Tensor:
+        """``[T]`` bool: adapting on part of each task's support lowers the loss on the held-out rest.
+
+        Up to :data:`GUARD_FOLDS` folds; fold ``j`` holds out examples ``j, j + folds, ...``. Summed
+        over folds, the held-out loss after ``steps`` inner steps must be below the one at 0 steps.
+        """
+        count = support.examples_per_task
+        folds = min(count, GUARD_FOLDS)
+        before = after = torch.zeros(support.num_tasks, device=support.inputs[0].device)
+        for fold in range(folds):
+            held = list(range(fold, count, folds))
+            rest = [i for i in range(count) if i % folds != fold]
+            held_out, train = support.select(held), support.select(rest)
+            before = before + self.evaluation_loss(held_out, self._adapt(train, 0)).float()
+            after = after + self.evaluation_loss(held_out, self._adapt(train, steps)).float()
+        return after < before
+
+    def _adapt(self, support: TaskBatch, steps: int) -> FastWeights:
+        """The plugin's inner loop without a guard. Under ``16-mixed`` the inner loss is scaled by
+        the Trainer's GradScaler scale, halved until the inner gradients are finite."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE_HELP)
         scaler = self._grad_scaler()
@@ -337,6 +377,27 @@ class MetaSpeechModule(L.LightningModule):
                 records += [score_utterance(item.task, k, s, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
         return records
 
+    def meta_val_wer(self, loader: Any, shots: int, steps: int, inner_lr: float | None = None) -> float:
+        """Corpus WER over the tasks of ``loader`` after adapting on ``shots`` utterances for ``steps`` steps,
+        with ``inner_lr`` as the test-time inner learning rate (default: the algorithm's own)."""
+        saved, was_training = self.algorithm.eval_inner_lr, self.training
+        if inner_lr is not None:
+            self.algorithm.eval_inner_lr = inner_lr
+        self.eval()
+        errors = words = 0
+        try:
+            for item in loader:
+                item = self.transfer_batch_to_device(item, self.device, 0)
+                support = item.pool.take(min(shots, item.pool.examples_per_task))
+                hypotheses = self.transcribe(item.evaluation, self.adapt(support, steps))[0]
+                for reference, hypothesis in zip(item.evaluation.texts[0], hypotheses):
+                    record = score_utterance(item.task, shots, steps, "", reference, hypothesis)
+                    errors, words = errors + record.word_errors, words + record.words
+        finally:
+            self.algorithm.eval_inner_lr = saved
+            self.train(was_training)
+        return errors / max(words, 1)
+
     # ------------------------------------------------------------ validation
     def validation_step(self, item: EvaluationBatch, batch_idx: int) -> None:
         shots = min(self.hparams.val_shots, item.pool.examples_per_task)
@@ -362,7 +423,8 @@ class MetaSpeechModule(L.LightningModule):
         records, seconds = self._gather(self._records), self._gather([self._adaptation_seconds])
         merged_seconds = {key: value for part in seconds for key, value in part.items()}
         task_groups = getattr(getattr(self.trainer, "datamodule", None), "task_groups", None)
-        report = AdaptationReport(records, merged_seconds, groups=task_groups("test") if task_groups else None)
+        report = AdaptationReport(records, merged_seconds, groups=task_groups("test") if task_groups else None,
+                                  settings=dict(self.protocol_settings))
         self.last_report = report
         for c in report.conditions():
             self.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)

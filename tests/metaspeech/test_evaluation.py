@@ -40,6 +40,7 @@ def test_corpus_wer_relative_reduction_median_and_share_worse() -> None:
     assert after.wer == pytest.approx(2 / 6)
     assert after.relative_wer_reduction == pytest.approx(0.0)
     assert after.median_speaker_wer == pytest.approx((0.0 + 1.0) / 2)
+    assert after.median_speaker_relative_reduction == pytest.approx((1.0 + 0.0) / 2)  # a: 0.5 -> 0; b starts perfect: 0
     assert after.speakers_worse == pytest.approx(0.5)  # b got worse, a got better
     assert after.adaptation_seconds == pytest.approx(5.0)
 

@@ -209,3 +209,24 @@ def test_task_augmentation_changes_training_and_stays_reproducible(tiny_data, ti
         finals[run] = torch.cat([p.detach().flatten() for p in module.parameters()])
     assert not torch.equal(finals["plain"], finals["augmented"])
     torch.testing.assert_close(finals["augmented"], finals["augmented again"], rtol=0, atol=0)
+
+
+def test_the_adaptation_guard_keeps_helpful_adaptation_and_rejects_harmful(tiny_data, tiny_module) -> None:
+    """``adaptation_guard=cross_validation``: with a sane inner learning rate adaptation is kept (identical
+    weights to the unguarded run); with an absurd one it is rejected and the task keeps its start."""
+    data = tiny_data()
+    data.setup("fit")
+    item = next(iter(data.val_dataloader()))
+    for lr, kept in ((0.5, True), (5e4, False)):
+        guarded = tiny_module(FOMAML(inner_steps=1, inner_lr=lr), adaptation_guard="cross_validation").eval()
+        plain = tiny_module(FOMAML(inner_steps=1, inner_lr=lr)).eval()
+        adapted, unguarded, start = guarded.adapt(item.pool, steps=3), plain.adapt(item.pool, steps=3), plain.adapt(item.pool, steps=0)
+        expected = unguarded if kept else start
+        assert all(torch.equal(adapted[name], expected[name]) for name in adapted)
+        if not kept:
+            assert guarded.evaluation_loss(item.evaluation, unguarded) > guarded.evaluation_loss(item.evaluation, start)
+
+
+def test_an_unknown_adaptation_guard_names_the_key(tiny_module) -> None:
+    with pytest.raises(ValueError, match="model.adaptation_guard"):
+        tiny_module(FOMAML(), adaptation_guard="always")
