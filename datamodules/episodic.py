@@ -27,7 +27,8 @@ from metaspeech.errors import ConfigError, DataError
 from metaspeech.batch import EvaluationBatch
 from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
 from metaspeech.datamodules.dataset import UtteranceDataset
-from metaspeech.datamodules.sampler import SpeakerEpisodeSampler, make_evaluation_tasks
+from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler, make_evaluation_tasks
+from metaspeech.datamodules.seen_speakers import SEEN_GROUP, SeenSpeakerTask, hold_out_seen_sentences
 from metaspeech.datamodules.validation import validate_utterances
 from metaspeech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
@@ -71,6 +72,10 @@ class EpisodicDataModule(L.LightningDataModule):
         features: feature extraction settings.
         cache_dir: where features are cached.
         on_bad_input: ``skip`` (warn, naming the files) or ``raise`` for corrupt audio / bad transcripts.
+        seen_speakers: training speakers also scored in ``test`` on ``seen_sentences`` held-out sentences
+            each (the group "seen speaker, new sentences": the recognizer's error without a speaker
+            mismatch); their sentences are removed from meta-training. 0: none. Needs ``task_key: speaker``.
+        seen_sentences: held-out utterances per seen speaker.
         tokenizer_from: a metaspeech checkpoint whose tokenizer encodes this corpus, to evaluate a trained
             model on another corpus (``metaspeech test --ckpt_path`` sets it); default: a tokenizer built
             from this corpus's meta-train transcripts.
@@ -94,6 +99,8 @@ class EpisodicDataModule(L.LightningDataModule):
         on_bad_input: str = "skip",
         num_workers: int = 0,
         seed: int = 0,
+        seen_speakers: int = 0,
+        seen_sentences: int = 4,
         tokenizer_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -110,6 +117,10 @@ class EpisodicDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.tokenizer_from = tokenizer_from
+        if seen_speakers and task_key != "speaker":
+            raise ConfigError(f"data.init_args.seen_speakers needs task_key: speaker (got task_key: {task_key})")
+        self.seen_speakers, self.seen_sentences = seen_speakers, seen_sentences
+        self.seen_tasks: list[EvaluationTask] = []
         self._rows: list[Utterance] | None = None
         self._tokenizer: CharTokenizer | None = None
         self.datasets: dict[str, UtteranceDataset] = {}
@@ -198,9 +209,14 @@ class EpisodicDataModule(L.LightningDataModule):
         by_split: dict[str, list[Utterance]] = defaultdict(list)
         for row in rows:
             by_split[self.split_of(row)].append(row)
+        by_split["train"], seen = hold_out_seen_sentences(
+            by_split["train"], self.seen_speakers, self.seen_sentences, self.eval_pool_size, self.seed
+        )
         cache = FeatureCache(Path(self.cache_dir), self.feature_config)
         for split in SPLITS:
             split_rows = by_split.get(split, [])
+            extra = [row for task in seen for row in (*task.pool, *task.held_out)] if split == "test" else []
+            task_rows, split_rows = split_rows, split_rows + extra
             features, statistics = cache.load_or_compute_with_statistics(
                 [r.audio_filepath for r in split_rows],
                 lambda path: load_audio(path, self.feature_config.sample_rate),
@@ -213,7 +229,8 @@ class EpisodicDataModule(L.LightningDataModule):
                 ids=[r.utterance_id for r in split_rows],
                 statistics=statistics,
             )
-            self.task_indices[split] = self._group_by_task(split_rows)
+            self.task_indices[split] = self._group_by_task(task_rows)
+        self.seen_tasks = _seen_evaluation_tasks(seen, first_index=len(by_split.get("test", [])))
 
     def _drop_untokenizable(self, rows: list[Utterance]) -> list[Utterance]:
         """Transcripts (after :func:`normalize_text`) with characters the tokenizer lacks: policy applies.
@@ -257,19 +274,24 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._audio_paths.get(utterance_id)
 
     def task_groups(self, split: str = "test") -> dict[str, str]:
-        """``task -> "seen accent" | "unseen accent"`` for the held-out tasks of ``split``.
+        """``task -> group`` for the evaluation tasks of ``split``: "seen accent" / "unseen accent" for
+        held-out speakers (when rows carry an ``accent`` label), and in ``test`` the seen-speaker group.
 
-        Why: cross-accent adaptation is reported separately for accents that never occur
-        in meta-training. Empty when rows carry no ``accent`` label.
+        Why: the decomposition of the error. Cross-accent adaptation is reported separately for
+        accents that never occur in meta-training, and training speakers on new sentences show the
+        error that is not a speaker mismatch (:mod:`metaspeech.datamodules.seen_speakers`).
         """
         rows = self.rows
-        if not any("accent" in r.labels for r in rows):
-            return {}
-        seen = {r.labels.get("accent") for r in rows if self.split_of(r) == "train"}
-        return {
-            str(r.label(self.task_key)): "seen accent" if r.labels.get("accent") in seen else "unseen accent"
-            for r in rows if self.split_of(r) == split
-        }
+        groups: dict[str, str] = {}
+        if any("accent" in r.labels for r in rows):
+            seen = {r.labels.get("accent") for r in rows if self.split_of(r) == "train"}
+            groups = {
+                str(r.label(self.task_key)): "seen accent" if r.labels.get("accent") in seen else "unseen accent"
+                for r in rows if self.split_of(r) == split
+            }
+        if split == "test":
+            groups.update({task.name: SEEN_GROUP for task in self.seen_tasks})
+        return groups
 
     # ---------------------------------------------------------- dataloaders
     def _rank_and_world(self) -> tuple[int, int]:
@@ -298,6 +320,8 @@ class EpisodicDataModule(L.LightningDataModule):
             self.task_indices[split], self.eval_pool_size, self.eval_size, seed=self.seed, rank=rank, world_size=world,
             task_key=self.task_key,
         )
+        if split == "test":
+            tasks += self.seen_tasks[rank::world]
         return DataLoader(EvaluationTaskDataset(self.datasets[split], tasks), batch_size=None, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -326,3 +350,15 @@ class EpisodicDataModule(L.LightningDataModule):
             warnings.filterwarnings(
                 "ignore", message="You're resuming from a checkpoint that ended before the epoch ended", category=UserWarning
             )
+
+
+def _seen_evaluation_tasks(tasks: list[SeenSpeakerTask], first_index: int) -> list[EvaluationTask]:
+    """Evaluation tasks over the seen-speaker rows appended to the test dataset from ``first_index`` on."""
+    result, index = [], first_index
+    for task in tasks:
+        pool = list(range(index, index + len(task.pool)))
+        index += len(task.pool)
+        held_out = list(range(index, index + len(task.held_out)))
+        index += len(task.held_out)
+        result.append(EvaluationTask(name=task.name, pool=pool, evaluation=held_out))
+    return result

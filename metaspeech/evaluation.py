@@ -70,6 +70,10 @@ class ConditionResult:
     adaptation_seconds: float
 
 
+SEEN_SPEAKERS = "seen speaker, new sentences"
+"""The group of training speakers scored on held-out sentences: reported alone, never in the held-out rows."""
+
+
 class AdaptationReport:
     """Aggregate :class:`UtteranceRecord` rows into the protocol's table.
 
@@ -104,9 +108,11 @@ class AdaptationReport:
         return AdaptationReport([r for r in self.records if r.task in tasks], self.adaptation_seconds)
 
     def conditions(self) -> list[ConditionResult]:
+        """One result per (k, s) over the held-out speakers (the seen-speaker group is only in its subset)."""
         cells: dict[tuple[int, int], list[UtteranceRecord]] = defaultdict(list)
         for record in self.records:
-            cells[(record.shots, record.steps)].append(record)
+            if self.groups.get(record.task) != SEEN_SPEAKERS:
+                cells[(record.shots, record.steps)].append(record)
         results = []
         for (shots, steps), rows in sorted(cells.items()):
             baseline = cells.get((shots, 0), [])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspeech.cli import build_cli
-from metaspeech.evaluation import AdaptationReport
+from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
 
 QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
@@ -160,7 +160,7 @@ def markdown_report(rows: list[dict[str, Any]]) -> str:
     parts = []
     for group in groups:
         speakers = next(r["speakers"] for r in rows if r.get("group", "all") == group)
-        title = "All held-out speakers" if group == "all" else f"Held-out speakers, {group}"
+        title = {"all": "All held-out speakers", SEEN_SPEAKERS: "Training speakers, new sentences"}.get(group, f"Held-out speakers, {group}")
         parts.append(f"**{title}** ({speakers} speakers)\n\n{markdown_table(rows, group)}")
     return "\n\n".join(parts)
 
