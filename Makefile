@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: install demo test test-slow bench lock clean
+.PHONY: install demo test test-slow bench lock clean gpu-wheels gpu-check
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,32 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The GPU check (benchmarks/gpu_check.py). The GPU machine has Python 3.12, torch, torchaudio, lightning and
+# torchmetrics and no network: gpu-wheels puts everything else the check imports, pinned by requirements.lock, and
+# the project itself into one folder of cp312 manylinux wheels (needs network; rebuild after editing the project).
+GPU_WHEELS := build/gpu-wheels
+GPU_RESULTS ?= results/gpu_check
+GPU_SITE ?= /tmp/metaspeech-gpu-site
+
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_WHEELS) build/lib build/bdist.*  # setuptools keeps deleted modules in build/lib
+	mkdir -p $(GPU_WHEELS)
+	$(PY) benchmarks/gpu_check.py --wheel_requirements > $(GPU_WHEELS)/requirements.txt
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --abi cp312 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		-d $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(GPU_WHEELS) .
+	@size=$$(du -sm $(GPU_WHEELS) | cut -f1); echo "$(GPU_WHEELS): $$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels, $$size MiB"; \
+		test $$size -le 50 || { echo "$(GPU_WHEELS) is over 50 MiB"; exit 1; }
+
+# On the GPU machine (no .venv there): install the wheels into GPU_SITE, leaving its Python untouched, and run.
+# With a .venv (here): run in it, e.g. on a workstation with a GPU.
+gpu-check:
+ifeq ($(wildcard $(PY)),)
+	python3 -m pip install --quiet --no-index --no-deps --no-compile --target $(GPU_SITE) $(GPU_WHEELS)/*.whl
+	PYTHONPATH=$(GPU_SITE) WANDB_MODE=disabled python3 benchmarks/gpu_check.py --device cuda --output $(GPU_RESULTS)
+else
+	WANDB_MODE=disabled $(PY) benchmarks/gpu_check.py --device cuda --output $(GPU_RESULTS)
+endif

@@ -74,6 +74,19 @@ class OuterResult:
     inner_losses: list[Tensor] = field(default_factory=list)
     inner_grad_norms: list[Tensor] = field(default_factory=list)
 
+    @staticmethod
+    def merge(parts: list[tuple["OuterResult", float]]) -> "OuterResult":
+        """One result from the results of task chunks and their weights (task shares); the loss is detached."""
+        if len(parts) == 1:
+            return parts[0][0]
+        results = [r for r, _ in parts]
+        return OuterResult(
+            loss=sum(w * r.loss.detach() for r, w in parts),
+            query_losses=torch.cat([r.query_losses for r in results]),
+            inner_losses=[torch.cat(step) for step in zip(*(r.inner_losses for r in results))],
+            inner_grad_norms=[torch.cat(step) for step in zip(*(r.inner_grad_norms for r in results))],
+        )
+
 
 class MetaAlgorithm(RecordsInitArgs, nn.Module):
     """Base class: MAML-style inner loop of SGD steps on the support set, query loss outside.

@@ -17,6 +17,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "hyperinit")
 SCOPES = {"lhuc": ["lhuc"], "head": ["head"], "lin+lhuc+head": ["lin", "lhuc", "head"]}
@@ -39,10 +43,13 @@ def synthetic_meta_batch(tasks: int, shots: int, frames: int, vocab: int, seed: 
     return MetaBatch(support=part(), query=part())
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """One configuration in this process: seconds per outer step and peak memory."""
-    import resource
+def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tuple[Callable[[], None], "torch.nn.Module"]:
+    """One outer step (loss and backward) of the configuration in ``args`` on ``args.device``, and its model.
 
+    Why a function: ``benchmarks/gpu_check.py`` times the same steps in one process with
+    CUDA synchronization. ``model_kwargs`` override BiLSTMCTC's defaults (a tiny model for
+    quick CPU runs). The meta-batch is ``[T=args.tasks, k=args.shots, args.frames, 80]``.
+    """
     import torch
 
     from benchmarks.reference_loop import reference_outer_loss
@@ -52,9 +59,8 @@ def measure(args: argparse.Namespace) -> dict:
     from metaspeech.models import BiLSTMCTC
 
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = BiLSTMCTC().to(device)
+    model = BiLSTMCTC(**(model_kwargs or {})).to(device)
     scope = SCOPES[args.scope]
     learner = Learner(model, CTCLoss(), scope)
     truncation = {"second_order_steps": args.second_order_steps} if args.algorithm == "maml" else {}
@@ -81,7 +87,18 @@ def measure(args: argparse.Namespace) -> dict:
             model, learner.loss, learner.scope, batch, args.steps, 0.1, kind, generator, args.second_order_steps
         ).backward()
 
-    step = engine_step if args.implementation == "engine" else reference_step
+    return (engine_step if args.implementation == "engine" else reference_step), model
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One configuration in this process: seconds per outer step and peak memory."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    step, model = build_step(args)
     step()  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -46,12 +46,16 @@ class TaskBatch:
 
     def task(self, index: int) -> "TaskBatch":
         """Task ``index`` alone, keeping a leading task dimension of 1."""
+        return self.tasks_between(index, index + 1)
+
+    def tasks_between(self, start: int, stop: int) -> "TaskBatch":
+        """Tasks ``start`` to ``stop - 1``: ``[stop - start, B, ...]``."""
         return TaskBatch(
-            inputs=tuple(t[index : index + 1] for t in self.inputs),
-            targets=tuple(t[index : index + 1] for t in self.targets),
-            texts=self.texts[index : index + 1],
-            ids=self.ids[index : index + 1],
-            statistics=self.statistics[index : index + 1] if self.statistics is not None else None,
+            inputs=tuple(t[start:stop] for t in self.inputs),
+            targets=tuple(t[start:stop] for t in self.targets),
+            texts=self.texts[start:stop],
+            ids=self.ids[start:stop],
+            statistics=self.statistics[start:stop] if self.statistics is not None else None,
         )
 
     def take(self, count: int) -> "TaskBatch":
@@ -118,6 +122,14 @@ class MetaBatch:
     @property
     def num_tasks(self) -> int:
         return self.support.num_tasks
+
+    def chunks(self, size: int) -> list["MetaBatch"]:
+        """The meta-batch as consecutive groups of at most ``size`` tasks."""
+        return [
+            MetaBatch(self.support.tasks_between(start, start + size), self.query.tasks_between(start, start + size),
+                      self.tasks[start : start + size])
+            for start in range(0, self.num_tasks, size)
+        ]
 
 
 @dataclass

@@ -18,6 +18,7 @@ the run seed is saved in the checkpoint next to the sampler position.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -67,6 +68,8 @@ class MetaSpeechModule(L.LightningModule):
         test_shots: shot counts k of the evaluation protocol.
         test_steps: inner step counts s of the evaluation protocol (0 = no adaptation).
         results_dir: where ``test`` writes the table (JSON/CSV); default: the logger's folder.
+        tasks_per_chunk: process each meta-batch this many tasks at a time, accumulating the
+            meta-gradient (one optimizer step; memory falls with the chunk size). None: all at once.
         init_from: a metaspeech checkpoint whose recognizer weights initialize this run (e.g. a
             joint-trained base model that meta-training starts from); optimizer state is not taken.
         augmentation: training-time augmentation of each meta-batch (task frequency warping,
@@ -94,11 +97,15 @@ class MetaSpeechModule(L.LightningModule):
         init_from: str | None = None,
         augmentation: EpisodeAugmentation | None = None,
         adaptation_guard: str = "none",
+        tasks_per_chunk: int | None = None,
     ) -> None:
         super().__init__()
         if adaptation_guard not in ADAPTATION_GUARDS:
             raise ConfigError(f"model.adaptation_guard must be one of {ADAPTATION_GUARDS}, got {adaptation_guard!r}")
         self.adaptation_guard = adaptation_guard
+        if tasks_per_chunk is not None and tasks_per_chunk < 1:
+            raise ConfigError(f"model.tasks_per_chunk must be >= 1 (or null for the whole meta-batch), got {tasks_per_chunk}")
+        self.tasks_per_chunk = tasks_per_chunk
         # Evaluation and output settings are not model hyperparameters: a checkpoint must not
         # override them when a user tests it with other shots, steps or an output folder.
         self.save_hyperparameters(
@@ -211,12 +218,10 @@ class MetaSpeechModule(L.LightningModule):
         self.algorithm.inner_loss_scale = scaler.get_scale() if scaler is not None else 1.0
         if self.augmentation is not None:
             batch = self.augmentation(batch)  # inside the step's seeded RNG: reproducible, resumes exactly
-        result = self._outer_result(batch)
-        finite = result is not None and bool(torch.isfinite(result.loss))
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        result = self._backward_in_chunks(batch)
+        if result is None:
             self._skip_step(scaler)
             return
-        self.manual_backward(result.loss)
         if scaler is None and not bool(torch.isfinite(self._gradient_norm())):
             # A finite loss can still have a NaN/inf gradient; it must not reach the weights. (Under fp16
             # the GradScaler skips such a step itself.) Gradients are already averaged over ranks here,
@@ -227,6 +232,36 @@ class MetaSpeechModule(L.LightningModule):
         optimizer.step()  # gradient norm and clipping: on_before_optimizer_step, after fp16 unscaling
         self.lr_schedulers().step()
         self._log_training(batch, result, batch_idx)
+
+    def _backward_in_chunks(self, batch: MetaBatch) -> OuterResult | None:
+        """Outer loss and meta-gradient of ``batch``, ``tasks_per_chunk`` tasks at a time; None to skip the step.
+
+        Why chunks: second-order inner loops hold every task's double-backward graph until the
+        backward. Backpropagating each chunk's share of the loss (``loss_chunk * T_chunk / T``)
+        right away frees its graph, so peak memory falls with the chunk size, and the summed
+        gradient equals the unchunked one. Without ``tasks_per_chunk`` the whole meta-batch is one
+        chunk: one ``manual_backward`` per step. Under DDP every chunk but the last runs under
+        Lightning's ``block_backward_sync`` (``no_sync``), so gradients are averaged over ranks once.
+        A chunk with a non-finite loss on any rank skips the whole step on every rank.
+        """
+        chunks = batch.chunks(self.tasks_per_chunk) if self.tasks_per_chunk else [batch]
+        results = []
+        for index, chunk in enumerate(chunks):
+            result = self._outer_result(chunk)
+            finite = result is not None and bool(torch.isfinite(result.loss))
+            if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+                return None
+            weight = chunk.num_tasks / batch.num_tasks
+            last = index == len(chunks) - 1
+            with nullcontext() if last else self._without_gradient_sync():
+                self.manual_backward(result.loss * weight if len(chunks) > 1 else result.loss)
+            results.append((result, weight))
+        return OuterResult.merge(results)
+
+    def _without_gradient_sync(self) -> ContextManager[None]:
+        """Lightning's ``no_sync`` for parallel strategies; nothing to block on one device."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        return block() if block is not None else nullcontext()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the gradient norm and clip it.

@@ -92,7 +92,8 @@ def test_wheel_requirements_pin_every_package_from_the_lock() -> None:
 
 
 def test_an_exhausted_budget_records_every_cell_as_skipped(tmp_path: Path) -> None:
-    assert gpu_check.main(["--device", "cpu", "--quick", "--budget_s", "0", "--output", str(tmp_path)]) == 0
+    assert gpu_check.main(["--device", "cpu", "--quick", "--budget_s", "0", "--output", str(tmp_path),
+                           "--work_dir", str(tmp_path / "work")]) == 0
     sections = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
     assert [len(sections[name]["rows"]) for name in gpu_check.SECTIONS] == [16, 4, 2]
     assert all(r["skipped"].startswith("budget") for name in gpu_check.SECTIONS for r in sections[name]["rows"])
@@ -107,7 +108,8 @@ def test_a_failing_cell_is_recorded_and_the_others_still_run(tmp_path: Path, mon
         return build_step(args, model_kwargs)
 
     monkeypatch.setattr(gpu_check, "build_step", failing_for_reptile)
-    status = gpu_check.main(["--device", "cpu", "--quick", "--sections", "engine_speed", "--output", str(tmp_path)])
+    status = gpu_check.main(["--device", "cpu", "--quick", "--sections", "engine_speed", "--output", str(tmp_path),
+                             "--work_dir", str(tmp_path / "work")])
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert status == 1 and len(report["failures"]) == 4
     rows = report["sections"]["engine_speed"]["rows"]
@@ -126,3 +128,15 @@ def test_the_scale_search_doubles_then_bisects_to_the_memory_limit(monkeypatch: 
     assert [p["tasks"] for p in result["probes"]] == [8, 16, 32, 64, 48, 40, 36]
     assert (result["largest_fitting_tasks"], result["first_failing_tasks"], result["bounded_by"]) == (36, 40, "out of memory")
     assert result["peak_memory_mb_at_largest"] == 360.0
+
+
+def test_slow_steps_are_timed_fewer_times_and_the_slowest_by_their_warm_up() -> None:
+    import torch
+
+    model = torch.nn.Linear(1, 1)
+    fast = gpu_check.time_step(lambda: None, model, gpu_check.Settings(device="cpu", repeats=5, cell_s=0.5))
+    assert fast["repeats"] == 5
+    slow = gpu_check.time_step(lambda: time.sleep(0.03), model, gpu_check.Settings(device="cpu", repeats=5, cell_s=0.05))
+    assert slow["repeats"] == 1 and slow["seconds_per_step"] >= 0.03
+    slowest = gpu_check.time_step(lambda: time.sleep(0.03), model, gpu_check.Settings(device="cpu", repeats=5, cell_s=0.01))
+    assert slowest["repeats"] == 0 and slowest["seconds_per_step"] == slowest["warmup_seconds"]

@@ -135,6 +135,20 @@ def test_two_ddp_ranks_train_exactly_like_one_process_with_the_global_meta_batch
     assert moved > 1e-3
 
 
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+def test_task_chunks_under_ddp_sync_once_and_equal_one_process_without_chunks(name: str, fit_ranks) -> None:
+    """``tasks_per_chunk=1``: each rank backpropagates task by task under ``no_sync`` but the last; the
+    synchronized meta-gradients equal one process's unchunked backward of the global meta-batch."""
+    ranks = fit_ranks(ALGORITHMS[name](), devices=2, tasks_per_batch=TASKS_PER_RANK, steps=2, tasks_per_chunk=1)
+    (single,) = fit_ranks(ALGORITHMS[name](), devices=1, tasks_per_batch=2 * TASKS_PER_RANK, steps=2)
+    for step in range(2):
+        for key, grad in single["grads"][step].items():
+            for rank in ranks:
+                torch.testing.assert_close(rank["grads"][step][key], grad, rtol=1e-9, atol=1e-12, msg=f"step {step} {key}")
+    for key, value in single["final"].items():
+        torch.testing.assert_close(ranks[0]["final"][key], value, rtol=1e-7, atol=1e-9, msg=key)
+
+
 class HandWrittenGradients(FOMAML):
     """A plugin with a per-task table of meta-parameters trained only through ``.grad`` it writes by hand.
 

@@ -230,3 +230,34 @@ def test_the_adaptation_guard_keeps_helpful_adaptation_and_rejects_harmful(tiny_
 def test_an_unknown_adaptation_guard_names_the_key(tiny_module) -> None:
     with pytest.raises(ValueError, match="model.adaptation_guard"):
         tiny_module(FOMAML(), adaptation_guard="always")
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "hyperinit"])
+def test_task_chunks_give_the_unchunked_meta_gradient(algorithm: str, tiny_data, tiny_module, tiny_trainer) -> None:
+    """``tasks_per_chunk`` (uneven chunks 3 + 1 of T = 4) equals one backward of the whole meta-batch, in
+    float64, for second-order MAML and HyperInit (whose generator is a meta-parameter too); Reptile and
+    one task per chunk are checked under DDP in test_distributed.py."""
+    from lightning.pytorch.callbacks import Callback
+
+    factories = {"maml": lambda: MAML(inner_steps=2, inner_lr=0.5), "reptile": lambda: Reptile(inner_steps=2, inner_lr=0.5),
+                 "hyperinit": lambda: HyperInit(inner_steps=1, inner_lr=0.5, second_order=True)}
+
+    class Recorder(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+
+    recorded = {}
+    for chunk in (None, 3):
+        module = tiny_module(factories[algorithm](), tasks_per_chunk=chunk)
+        recorder = Recorder()
+        tiny_trainer(max_steps=1, precision="64-true", limit_val_batches=0, callbacks=[recorder]).fit(
+            module, datamodule=tiny_data(tasks_per_batch=4))
+        recorded[chunk] = recorder.grads
+    assert recorded[3].keys() == recorded[None].keys()
+    for name, grad in recorded[None].items():
+        torch.testing.assert_close(recorded[3][name], grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_tasks_per_chunk_must_be_positive(tiny_module) -> None:
+    with pytest.raises(ValueError, match="model.tasks_per_chunk"):
+        tiny_module(FOMAML(), tasks_per_chunk=0)
