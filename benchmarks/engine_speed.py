@@ -3,9 +3,16 @@
     .venv/bin/python benchmarks/engine_speed.py                       # the issue's setting: T=8, k=5, 5 steps
     .venv/bin/python benchmarks/engine_speed.py --tasks 4 8 16 --steps 1 5 10 --device cuda
 
-Each (algorithm, scope, T, steps, implementation) runs in a fresh subprocess so
+Each (algorithm, scope, T, steps, body, implementation) runs in a fresh subprocess so
 its peak memory (CPU: max RSS; CUDA: max allocated) is its own. Prints a table
 of ratios (engine / reference) and writes JSON.
+
+Two modes, reported side by side (``--bodies trained frozen``):
+
+- ``trained`` (metaspeech's default): the meta-gradient reaches every parameter, the body
+  outside the adaptation scope included, on both sides;
+- ``frozen`` (like for like with a learn2learn user): parameters outside the scope have
+  ``requires_grad=False`` on both sides, so neither computes body gradients.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tu
     model = BiLSTMCTC(**(model_kwargs or {})).to(device)
     scope = SCOPES[args.scope]
     learner = Learner(model, CTCLoss(), scope)
+    if getattr(args, "body", "trained") == "frozen":
+        for parameter in learner.outside_scope():
+            parameter.requires_grad_(False)  # what a learn2learn user freezes; both implementations see it
     truncation = {"second_order_steps": args.second_order_steps} if args.algorithm == "maml" else {}
     algorithm = {"maml": MAML, "fomaml": FOMAML, "reptile": Reptile, "hyperinit": HyperInit}[args.algorithm](
         inner_steps=args.steps, inner_lr=0.1, **truncation
@@ -128,6 +138,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[5])
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--bodies", nargs="+", default=["trained", "frozen"], choices=["trained", "frozen"],
+                        help="meta-train the body outside the scope (metaspeech's default) or freeze it (like for like)")
     parser.add_argument("--second_order_steps", type=int, default=None,
                         help="MAML: differentiate through only the last N inner steps (truncated); default all")
     parser.add_argument("--repeats", type=int, default=3)
@@ -138,6 +150,7 @@ def main() -> None:
     parser.add_argument("--algorithm", help=argparse.SUPPRESS)
     parser.add_argument("--scope", help=argparse.SUPPRESS)
     parser.add_argument("--implementation", help=argparse.SUPPRESS)
+    parser.add_argument("--body", default="trained", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         args.tasks, args.steps = args.tasks[0], args.steps[0]
@@ -146,11 +159,12 @@ def main() -> None:
     rows = []
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    for algorithm, scope, tasks, steps in itertools.product(args.algorithms, args.scopes, args.tasks, args.steps):
-        row = {"algorithm": algorithm, "scope": scope, "tasks": tasks, "steps": steps,
+    grid = itertools.product(args.algorithms, args.scopes, args.tasks, args.steps, args.bodies)
+    for algorithm, scope, tasks, steps, body in grid:
+        row = {"algorithm": algorithm, "scope": scope, "tasks": tasks, "steps": steps, "body": body,
                "second_order_steps": args.second_order_steps if algorithm == "maml" else None}
         for implementation in ("engine", "reference"):
-            row[implementation] = _run_one(args, algorithm, scope, tasks, steps, implementation)
+            row[implementation] = _run_one(args, algorithm, scope, tasks, steps, implementation, body)
         if "error" not in row["engine"] and "error" not in row["reference"]:
             row["speedup"] = row["engine"]["tasks_per_second"] / row["reference"]["tasks_per_second"]
             row["memory_ratio"] = row["engine"]["peak_memory_mb"] / row["reference"]["peak_memory_mb"]
@@ -161,12 +175,13 @@ def main() -> None:
     print(f"wrote {output}")
 
 
-def _run_one(args, algorithm: str, scope: str, tasks: int, steps: int, implementation: str) -> dict:
+def _run_one(args, algorithm: str, scope: str, tasks: int, steps: int, implementation: str, body: str = "trained") -> dict:
     """Measure one cell in a fresh process; ``{"error": ...}`` if it fails (e.g. killed for memory)."""
     command = [
         sys.executable, "-m", "benchmarks.engine_speed", "--one", "--algorithm", algorithm, "--scope", scope,
         "--implementation", implementation, "--tasks", str(tasks), "--steps", str(steps), "--shots", str(args.shots),
         "--frames", str(args.frames), "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
+        "--body", body,
     ]
     if args.second_order_steps is not None:
         command += ["--second_order_steps", str(args.second_order_steps)]
@@ -186,7 +201,7 @@ def _describe(result: dict) -> str:
 def _format(row: dict) -> str:
     ratios = f"speedup x{row['speedup']:.2f}  memory x{row['memory_ratio']:.2f}" if "speedup" in row else "no ratio"
     return (
-        f"{row['algorithm']:>9} {row['scope']:>14} T={row['tasks']:<2} steps={row['steps']:<2} "
+        f"{row['algorithm']:>9} {row['scope']:>14} T={row['tasks']:<2} steps={row['steps']:<2} body={row.get('body', 'trained'):<7} "
         f"engine {_describe(row['engine'])} | loop {_describe(row['reference'])} | {ratios}"
     )
 

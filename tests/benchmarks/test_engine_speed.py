@@ -19,20 +19,33 @@ def _run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict
     return done, json.loads(output.read_text()) if output.exists() else {}
 
 
-def test_one_cell_writes_engine_and_loop_measurements(tmp_path: Path) -> None:
+def test_one_cell_writes_engine_and_loop_measurements_with_the_body_trained_and_frozen(tmp_path: Path) -> None:
     done, result = _run(tmp_path)
     assert done.returncode == 0, done.stderr
-    (row,) = result["rows"]
-    assert (row["algorithm"], row["scope"], row["tasks"], row["steps"]) == ("fomaml", "head", 2, 1)
-    for implementation in ("engine", "reference"):
-        assert row[implementation]["tasks_per_second"] > 0 and row[implementation]["peak_memory_mb"] > 0
-    assert row["speedup"] == row["engine"]["tasks_per_second"] / row["reference"]["tasks_per_second"]
-    assert "speedup x" in done.stdout
+    rows = result["rows"]
+    assert [row["body"] for row in rows] == ["trained", "frozen"]
+    for row in rows:
+        assert (row["algorithm"], row["scope"], row["tasks"], row["steps"]) == ("fomaml", "head", 2, 1)
+        for implementation in ("engine", "reference"):
+            assert row[implementation]["tasks_per_second"] > 0 and row[implementation]["peak_memory_mb"] > 0
+        assert row["speedup"] == row["engine"]["tasks_per_second"] / row["reference"]["tasks_per_second"]
+    assert "speedup x" in done.stdout and "body=frozen" in done.stdout
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path: Path) -> None:
-    done, result = _run(tmp_path, "--device", "no-such-device")
+    done, result = _run(tmp_path, "--device", "no-such-device", "--bodies", "trained")
     assert done.returncode == 0, done.stderr
     (row,) = result["rows"]
     assert row["engine"]["error"].startswith("exit 1") and "speedup" not in row
     assert "no ratio" in done.stdout
+
+
+def test_the_task_chunking_benchmark_writes_memory_and_speed_per_chunk_size(tmp_path: Path) -> None:
+    output = tmp_path / "chunks.json"
+    command = [sys.executable, "-m", "benchmarks.task_chunking", "--tasks", "2", "--chunks", "1", "2", "4", "--steps", "1",
+               "--shots", "1", "--frames", "40", "--repeats", "1", "--threads", "1", "--output", str(output)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(output.read_text())["rows"]
+    assert [(r["tasks"], r["chunk"]) for r in rows] == [(2, 1), (2, 2)]  # c > T is skipped
+    assert all(r["tasks_per_second"] > 0 and r["peak_memory_mb"] >= 0 for r in rows)
