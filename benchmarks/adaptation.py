@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/adaptation.py                      # the recorded setting (BENCHMARKS.md)
     .venv/bin/python benchmarks/adaptation.py --seeds 0 --algorithms fomaml joint --steps 20 --base_steps 50
 
-Protocol (see DESIGN.md): per seed, one shared start is trained with joint
+Protocol (README, "Results of the main job"): per seed, one shared start is trained with joint
 multi-speaker training for ``--base_steps`` outer steps; every algorithm then
 gets the same ``--steps`` outer steps of its own from that start, and is tested
 on the held-out speakers of the embedded ``small`` corpus (adaptation pool vs a

@@ -13,7 +13,6 @@ base class does the rest, identically for every corpus:
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -32,8 +31,9 @@ from metaspeech.datamodules.seen_speakers import SEEN_GROUP, SeenSpeakerTask, ho
 from metaspeech.datamodules.validation import validate_utterances
 from metaspeech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
+from metaspeech.randomness import unit_interval
 from metaspeech.text import normalize_text
-from metaspeech.tokenizer import CharTokenizer
+from metaspeech.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 
 SPLITS = ("train", "val", "test")
 
@@ -122,7 +122,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.seen_speakers, self.seen_sentences = seen_speakers, seen_sentences
         self.seen_tasks: list[EvaluationTask] = []
         self._rows: list[Utterance] | None = None
-        self._tokenizer: CharTokenizer | None = None
+        self._tokenizer: Tokenizer | None = None
         self.datasets: dict[str, UtteranceDataset] = {}
         self.task_indices: dict[str, dict[str, list[int]]] = {}
         self.train_sampler: SpeakerEpisodeSampler | None = None
@@ -151,28 +151,28 @@ class EpisodicDataModule(L.LightningDataModule):
         split = row.labels.get("split")
         if split in SPLITS:
             return split
-        digest = int(hashlib.sha256(f"{self.seed}:{row.speaker}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        digest = unit_interval(self.seed, row.speaker)
         if digest < self.test_fraction:
             return "test"
         return "val" if digest < self.test_fraction + self.val_fraction else "train"
 
     # ------------------------------------------------------------ tokenizer
     @property
-    def tokenizer(self) -> CharTokenizer:
+    def tokenizer(self) -> Tokenizer:
         """Character tokenizer built from the meta-train transcripts (read-only: no audio is touched)."""
         if self._tokenizer is None:
             self._tokenizer = self._checkpoint_tokenizer() if self.tokenizer_from else self.build_tokenizer()
         return self._tokenizer
 
-    def _checkpoint_tokenizer(self) -> CharTokenizer:
+    def _checkpoint_tokenizer(self) -> Tokenizer:
         from metaspeech.checkpoint_io import read_metaspeech_section
 
         saved = read_metaspeech_section(self.tokenizer_from).get("tokenizer")
         if saved is None:
             raise DataError(f"data.init_args.tokenizer_from={self.tokenizer_from} holds no tokenizer: use a checkpoint of `metaspeech fit`")
-        return CharTokenizer.from_dict(saved)
+        return tokenizer_from_dict(saved)
 
-    def build_tokenizer(self) -> CharTokenizer:
+    def build_tokenizer(self) -> Tokenizer:
         """The corpus's own tokenizer: characters of the meta-train transcripts (subclasses may fix an alphabet)."""
         texts = [normalize_text(r.text) for r in self.rows if self.split_of(r) == "train"]
         if not texts:

@@ -14,26 +14,15 @@ which biases corpus-level WER).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from metaspeech.randomness import seeded_generator
+
 _MAX_NAMED = 20  # tasks named in one warning before "and N more"
-
-
-def seeded_generator(*keys: object) -> torch.Generator:
-    """A fresh CPU generator seeded by a stable hash of ``keys``.
-
-    Python's ``hash`` is salted per process, so a SHA-256 digest is used: every
-    process and every DataLoader worker derives the same seed from the same keys.
-    """
-    digest = hashlib.sha256(":".join(str(key) for key in keys).encode()).digest()
-    generator = torch.Generator()
-    generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return generator
 
 
 def _check_positive(**values: int) -> None:

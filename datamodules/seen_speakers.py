@@ -14,15 +14,17 @@ remaining training utterances, its evaluation set is the held-out ones.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
 from metaspeech.evaluation import SEEN_SPEAKERS as SEEN_GROUP
 from metaspeech.manifest import Utterance
+from metaspeech.randomness import seed_from_keys
 from metaspeech.text import normalize_text
 SUFFIX = "@seen"
+
+__all__ = ["SEEN_GROUP", "SUFFIX", "SeenSpeakerTask", "hold_out_seen_sentences"]
 
 
 @dataclass
@@ -34,8 +36,8 @@ class SeenSpeakerTask:
     held_out: list[Utterance]
 
 
-def _order(seed: int, *keys: str) -> str:
-    return hashlib.sha256(":".join([str(seed), *keys]).encode()).hexdigest()
+def _order(seed: int, *keys: str) -> int:
+    return seed_from_keys(seed, *keys)
 
 
 def hold_out_seen_sentences(

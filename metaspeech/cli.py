@@ -1,10 +1,10 @@
 """The ``metaspeech`` command.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's own CLI
-(:class:`MetaSpeechCLI`): configuration is YAML, any recognizer, algorithm or
-data module (including a user's, by import path) is selected with
-``class_path`` / ``init_args``. The practitioner's and housekeeping commands
-(``adapt``, ``transcribe``, ``generate``, ``compare``, ``demo``) live in
+(:class:`~metaspeech.lightning_cli.MetaSpeechCLI`): configuration is YAML, any
+recognizer, algorithm or data module (including a user's, by import path) is
+selected with ``class_path`` / ``init_args``. The practitioner's and housekeeping
+commands (``adapt``, ``transcribe``, ``generate``, ``compare``, ``demo``) live in
 :mod:`metaspeech.commands`.
 
 Exit status: 0 on success, 2 for a user-facing error (:mod:`metaspeech.errors`:
@@ -16,205 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator
 
-import yaml
-from jsonargparse import Namespace
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from metaspeech.errors import MetaSpeechError
+from metaspeech.lightning_cli import LIGHTNING_SUBCOMMANDS, MetaSpeechCLI, build_cli
 
-from metaspeech.checkpoint_io import read_metaspeech_section, use_atomic_checkpoint_io
-from metaspeech.config import import_class
-from metaspeech.datamodules.episodic import EpisodicDataModule
-from metaspeech.errors import ConfigError, MetaSpeechError
-from metaspeech.module import MetaSpeechModule
-from metaspeech.progress import MetaTrainingProgressBar
+__all__ = ["DEBUG_ENV", "MetaSpeechCLI", "build_cli", "main", "usage"]
 
-LIGHTNING_SUBCOMMANDS = {
-    "fit": "meta-train a recognizer (an episodic outer loop over speaker-tasks)",
-    "validate": "meta-validate a checkpoint: adapt to each meta-val speaker and score",
-    "test": "run the k-shot x s-step adaptation protocol on the held-out speakers",
-    "predict": "adapt to and transcribe the held-out speakers",
-}
 DEBUG_ENV = "METASPEECH_DEBUG"
-FROM_CHECKPOINT = ("validate", "test", "predict")
-"""Subcommands that evaluate a trained model: with ``--ckpt_path`` the model is rebuilt from the checkpoint."""
-
-
-class MetaSpeechCLI(LightningCLI):
-    """LightningCLI with the links that keep model and data consistent, and crash-safe checkpoints.
-
-    The vocabulary size and the feature dimension come from the data module, so a
-    config never states them twice. Checkpoints are written atomically
-    (:class:`~metaspeech.checkpoint_io.AtomicCheckpointIO`): a job killed while saving
-    keeps its previous ``last.ckpt``. ``validate`` / ``test`` / ``predict`` with
-    ``--ckpt_path`` rebuild the recognizer, algorithm, scope, features and tokenizer
-    from the checkpoint, so no architecture flag of the fit has to be repeated.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        given = kwargs.get("args")
-        self.command_line: list[str] = [str(a) for a in (given if given is not None else sys.argv[1:])]
-        super().__init__(*args, **kwargs)
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        from jsonargparse import lazy_instance
-
-        from metaspeech.datamodules import EmbeddedCorpus
-
-        parser.set_defaults({"data": lazy_instance(EmbeddedCorpus)})  # a config without data runs on the embedded corpus
-        parser.link_arguments("data.vocab_size", "model.recognizer.init_args.vocab_size", apply_on="instantiate")
-        parser.link_arguments("data.feature_dim", "model.recognizer.init_args.input_dim", apply_on="instantiate")
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand in FROM_CHECKPOINT and config.get("ckpt_path"):
-            self._rebuild_from_checkpoint(config, str(config.ckpt_path))
-
-    def _rebuild_from_checkpoint(self, config: Namespace, path: str) -> None:
-        """Take the model's construction record from the checkpoint; refuse command-line overrides that contradict it."""
-        info = read_metaspeech_section(path)
-        recorded = {
-            "model.recognizer": info["model"],
-            "model.algorithm": info["algorithm"],
-            "model.scope": info["scope"],
-        }
-        if info.get("features") and "features" in config.data.get("init_args", {}):
-            recorded["data.init_args.features"] = info["features"]
-        for key, value in recorded.items():
-            self._check_overrides(key, value, path)
-            config[key] = _to_namespace(value)
-        if "tokenizer_from" in config.data.get("init_args", {}) and not config.data.init_args.tokenizer_from:
-            config.data.init_args.tokenizer_from = path
-        _resume_wandb_run(config, info.get("wandb_run_id"))
-
-    def _check_overrides(self, key: str, recorded: Any, path: str) -> None:
-        """Refuse ``--<key>...`` arguments whose value differs from what the checkpoint recorded for ``key``.
-
-        The values are read from the command line itself: Lightning has already merged the
-        checkpoint's hyperparameters into the config by now.
-        """
-        for part, argument, value in _overridden_parts(self.command_line, key):
-            if part.rsplit(".", 1)[-1] in ("vocab_size", "input_dim"):
-                continue  # link targets: set from the data module
-            for name, expected in _differences(value, _lookup(recorded, part), part):
-                raise ConfigError(
-                    f"{argument} contradicts checkpoint {path}, which was trained with {key}{name}={expected!r}: "
-                    "the model is rebuilt from the checkpoint, so drop the override (or fit a new model)"
-                )
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured Trainer, writing checkpoints atomically (see :mod:`metaspeech.checkpoint_io`).
-
-        Unless the config names a progress bar (or disables it), it is
-        :class:`~metaspeech.progress.MetaTrainingProgressBar`, which counts outer steps.
-        Atomic checkpoint IO is installed here rather than as a ``trainer.plugins`` default so that a config listing
-        its own plugins (a cluster environment, a precision plugin) keeps crash-safe checkpoints;
-        a config naming a ``CheckpointIO`` other than Lightning's ``TorchCheckpointIO`` keeps it.
-        """
-        trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
-        callbacks = list(trainer_config.get("callbacks") or [])
-        if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = [*callbacks, MetaTrainingProgressBar()]  # outer steps done / max_steps, time left
-        trainer = super().instantiate_trainer(**kwargs)
-        use_atomic_checkpoint_io(trainer)
-        return trainer
-
-
-def _resume_wandb_run(config: Namespace, run_id: str | None) -> None:
-    """Log an evaluation of a checkpoint into the W&B run of its fit (unless the config names a run id)."""
-    logger = config.trainer.get("logger")
-    if not run_id or not isinstance(logger, Namespace) or not str(logger.get("class_path", "")).endswith("WandbLogger"):
-        return
-    init_args = logger.get("init_args") or Namespace()
-    if init_args.get("id"):
-        return
-    init_args.id = run_id
-    logger.init_args = init_args
-    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
-
-
-def _overridden_parts(command_line: list[str], key: str) -> Iterator[tuple[str, str, Any]]:
-    """``(sub-key, argument, value)`` for every ``--key...`` argument (``--k=v`` or ``--k v``).
-
-    The sub-key is ``""`` for ``--key`` itself and ``".init_args.d_model"`` for
-    ``--model.recognizer.init_args.d_model`` or its short form ``--model.recognizer.d_model``.
-    """
-    for index, argument in enumerate(command_line):
-        name, has_value, text = argument.partition("=")
-        if not (name == f"--{key}" or name.startswith(f"--{key}.")):
-            continue
-        if not has_value:
-            text = command_line[index + 1] if index + 1 < len(command_line) else ""
-            argument = f"{argument} {text}"
-        part = name[len(key) + 2:]
-        if part and key in ("model.recognizer", "model.algorithm") and not part.startswith((".init_args", ".class_path")):
-            part = ".init_args" + part
-        yield part, argument, yaml.safe_load(text) if text else None
-
-
-def _lookup(recorded: Any, part: str) -> Any:
-    for name in [p for p in part.split(".") if p]:
-        recorded = recorded.get(name) if isinstance(recorded, dict) else None
-    return recorded
-
-
-def _to_namespace(value: Any) -> Any:
-    if isinstance(value, dict):
-        return Namespace(**{k: _to_namespace(v) for k, v in value.items()})
-    return value
-
-
-def _differences(given: Any, recorded: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(dotted key, recorded value)`` wherever a command-line value ``given`` disagrees with ``recorded``."""
-    if isinstance(given, dict) and isinstance(recorded, dict):
-        for name, value in given.items():
-            yield from _differences(value, recorded.get(name), f"{prefix}.{name}")
-    elif isinstance(given, str) and isinstance(recorded, dict) and "class_path" in recorded:
-        yield from _differences(given, recorded["class_path"], f"{prefix}.class_path")  # --model.recognizer=ConformerCTC
-    elif isinstance(given, str) and prefix.endswith("class_path") and isinstance(recorded, str):
-        if given.rsplit(".", 1)[-1] != recorded.rsplit(".", 1)[-1] or ("." in given and import_class(given) is not import_class(recorded)):
-            yield prefix, recorded
-    elif given != recorded and not (isinstance(given, (list, tuple)) and isinstance(recorded, (list, tuple)) and list(given) == list(recorded)):
-        yield prefix, recorded
-
-
-@contextmanager
-def _arguments_from(args: list[str] | None) -> Iterator[None]:
-    """Make ``args`` the only command line LightningCLI sees.
-
-    Why: LightningCLI warns when it is given ``args`` while the process has command-line
-    arguments of its own, a guard against mixing the two. ``compare`` and ``demo`` build
-    each run from a complete argument list, so the process's own arguments (``demo ...``)
-    are not an input of those runs and are hidden from the parser while it runs.
-    """
-    if args is None:
-        yield
-        return
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
-def build_cli(args: list[str] | None = None, run: bool = True) -> MetaSpeechCLI:
-    """Construct (and by default run) the Lightning CLI in-process; ``args=None`` reads ``sys.argv``."""
-    with _arguments_from(args):
-        return MetaSpeechCLI(
-            MetaSpeechModule,
-            EpisodicDataModule,
-            subclass_mode_data=True,
-            trainer_defaults={"inference_mode": False, "use_distributed_sampler": False},
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            parser_kwargs={"description": "metaspeech: meta-learning for fast speaker adaptation (Lightning CLI)"},
-            args=args,
-            run=run,
-        )
 
 
 def usage() -> str:

@@ -28,7 +28,7 @@ def run_command(argv: list[str]) -> int:
     """Run ``argv[0]`` with the rest of ``argv``; its exit status. User-facing errors propagate to the CLI."""
     name = argv[0]
     if name not in COMMANDS:
-        from metaspeech.cli import LIGHTNING_SUBCOMMANDS
+        from metaspeech.lightning_cli import LIGHTNING_SUBCOMMANDS
 
         known = ", ".join([*LIGHTNING_SUBCOMMANDS, *COMMANDS])
         print(f"metaspeech: unknown command {name!r}; commands: {known} (metaspeech --help)", file=sys.stderr)

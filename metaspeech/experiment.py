@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from metaspeech.cli import build_cli
+from metaspeech.lightning_cli import build_cli
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
 
 QUICK_RUN = [

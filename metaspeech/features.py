@@ -4,8 +4,6 @@
   part of the cache key and is saved with each checkpoint.
 - :class:`FeatureExtractor` is stateless like torchaudio's transforms:
   ``FeatureExtractor(config)(waveform)``.
-- :class:`GlobalCMVN` holds corpus statistics as buffers, so they travel with
-  the model's ``state_dict``.
 - :class:`SpecAugment` masks features at training time only.
 - :class:`FeatureCache` computes the features of a set of files once and keeps
   them on disk as float16.
@@ -45,8 +43,8 @@ class FeatureConfig:
         win_ms / hop_ms: analysis window length and frame shift in milliseconds.
         vad_trim: trim leading/trailing silence with a frame-energy detector.
         cmvn: ``utterance`` (mean/variance normalization over each utterance's
-            frames), ``global`` (the extractor leaves features raw; apply a
-            :class:`GlobalCMVN` fitted on training data) or ``none``.
+            frames) or ``none``. Either way the per-utterance statistics before
+            normalization are kept for task embeddings (:meth:`FeatureExtractor.extract`).
     """
 
     kind: str = "fbank"
@@ -61,8 +59,8 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("fbank", "mfcc"):
             raise ValueError(f"features.kind must be 'fbank' or 'mfcc', got {self.kind!r}")
-        if self.cmvn not in ("utterance", "global", "none"):
-            raise ValueError(f"features.cmvn must be 'utterance', 'global' or 'none', got {self.cmvn!r}")
+        if self.cmvn not in ("utterance", "none"):
+            raise ValueError(f"features.cmvn must be 'utterance' or 'none', got {self.cmvn!r}")
         if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(f"features.n_mfcc ({self.n_mfcc}) cannot exceed features.n_mels ({self.n_mels})")
         if self.hop_ms <= 0 or self.win_ms <= 0:
@@ -183,63 +181,6 @@ def trim_silence(features: Tensor, energy_db: Tensor, threshold_db: float = 40.0
     start = max(int(voiced[0]) - margin, 0)
     stop = min(int(voiced[-1]) + margin + 1, features.shape[0])
     return features[start:stop]
-
-
-class GlobalCMVN(nn.Module):
-    """Corpus-level mean/variance normalization with statistics stored as buffers.
-
-    Fit on training features (``fit``), then ``apply``/``forward`` maps
-    ``[..., F]`` -> same shape. ``mean`` and ``std`` (``[F]``) are in the
-    ``state_dict``, so the statistics are saved and restored with the model.
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    @classmethod
-    def from_features(cls, features: Sequence[Tensor]) -> "GlobalCMVN":
-        """A fitted instance from a list of ``[frames, F]`` tensors."""
-        if not features:
-            raise ValueError("GlobalCMVN needs at least one feature tensor to compute statistics")
-        return cls(features[0].shape[-1]).fit(features)
-
-    @torch.no_grad()
-    def fit(self, features: Sequence[Tensor]) -> "GlobalCMVN":
-        """Mean/std per dimension over all frames of all ``[frames, F]`` tensors (float64 accumulation)."""
-        total = torch.zeros(self.mean.shape[0], dtype=torch.float64)
-        squares = torch.zeros_like(total)
-        count = 0
-        for feat in features:
-            if feat.dim() != 2 or feat.shape[1] != total.shape[0]:
-                raise ValueError(f"expected [frames, {total.shape[0]}] features, got shape {tuple(feat.shape)}")
-            values = feat.detach().to("cpu", torch.float64)
-            total += values.sum(0)
-            squares += values.pow(2).sum(0)
-            count += values.shape[0]
-        if count == 0:
-            raise ValueError("GlobalCMVN got no frames: all feature tensors are empty")
-        mean = total / count
-        var = (squares / count - mean.pow(2)).clamp(min=0)
-        self.mean.copy_(mean.to(self.mean))
-        self.std.copy_(var.add(_CMVN_EPS**2).sqrt().to(self.std))
-        return self
-
-    def apply(self, features):  # type: ignore[no-untyped-def, override]
-        """Normalize ``[..., F]`` features; the result has the input's dtype.
-
-        Given a function instead of a tensor this is ``nn.Module.apply(fn)``,
-        which a parent model's ``model.apply(init_fn)`` calls on every child.
-        """
-        if not isinstance(features, Tensor):
-            return super().apply(features)
-        mean = self.mean.to(features.device, features.dtype)
-        std = self.std.to(features.device, features.dtype)
-        return (features - mean) / std
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.apply(features)
 
 
 class SpecAugment(nn.Module):

@@ -7,7 +7,7 @@ weights and a prepared batch to per-task losses ``[T]``; since task t's loss
 depends only on task t's slice, ``autograd.grad(losses.sum(), fast)`` gives every
 task its own gradient in one backward pass.
 
-Two performance levers live here (DESIGN.md, "Performance design"):
+Two performance levers live here (docs/architecture.md, "One training step"):
 
 1. ``prepare`` runs the model's stages below the first adapted parameter once;
    every inner step and the query loss start from that cached state.

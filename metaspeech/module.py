@@ -41,7 +41,7 @@ from metaspeech.loggers import log_adaptation_report
 from metaspeech.losses import CTCLoss
 from metaspeech.models.staged import StagedModel
 from metaspeech.randomness import seeded_rng
-from metaspeech.tokenizer import CharTokenizer
+from metaspeech.tokenizer import Tokenizer, tokenizer_from_dict
 
 ADAPTATION_GUARDS = ("none", "cross_validation")
 GUARD_FOLDS = 5
@@ -123,9 +123,8 @@ class MetaSpeechModule(L.LightningModule):
         self.algorithm.setup(self.learner)
         self.test_shots = list(test_shots) if test_shots is not None else [1, 5, 10]
         self.test_steps = sorted(set(test_steps if test_steps is not None else [0, 1, 5, 10]) | {0})
-        self.tokenizer: CharTokenizer | None = None
+        self.tokenizer: Tokenizer | None = None
         self.feature_config = FeatureConfig()
-        self.frame_shift_seconds = self.feature_config.hop_ms / 1000.0
         self.skipped_steps = 0
         self.rng_seed: int | None = None  # base seed of training-step randomness; set at fit start or from a checkpoint
         self._records: list[UtteranceRecord] = []
@@ -133,6 +132,11 @@ class MetaSpeechModule(L.LightningModule):
         self.last_report: AdaptationReport | None = None
         self._initialized_from: str | None = None
         self.protocol_settings: dict[str, Any] = {}  # choices made for the test protocol (e.g. on meta-val), reported
+
+    @property
+    def frame_shift_seconds(self) -> float:
+        """Seconds per input feature frame (to report adaptation data in seconds of speech)."""
+        return self.feature_config.hop_ms / 1000.0
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -158,7 +162,6 @@ class MetaSpeechModule(L.LightningModule):
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             self.tokenizer = datamodule.tokenizer
             self.feature_config = datamodule.feature_config
-            self.frame_shift_seconds = self.feature_config.hop_ms / 1000.0
 
     def _check_protocol(self, pool_size: int | None) -> None:
         """Refuse, before any speaker is adapted, shot counts the data's adaptation pools cannot supply."""
@@ -389,7 +392,7 @@ class MetaSpeechModule(L.LightningModule):
         """Mean CTC loss ``[T]`` of ``batch`` under ``fast`` weights."""
         return self.learner.losses(fast, self.learner.prepare(batch))
 
-    def _require_tokenizer(self) -> CharTokenizer:
+    def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise RuntimeError("no tokenizer: attach a datamodule or load the module from a metaspeech checkpoint")
         return self.tokenizer
@@ -507,7 +510,6 @@ class MetaSpeechModule(L.LightningModule):
             "algorithm": self.algorithm.init_config,
             "scope": self.scope,
             "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
-            "frame_shift_seconds": self.frame_shift_seconds,
             "features": self._feature_config(),
             "skipped_steps": self.skipped_steps,
             "rng_seed": self.rng_seed,
@@ -523,8 +525,7 @@ class MetaSpeechModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("metaspeech", {})
         if info.get("tokenizer") is not None:
-            self.tokenizer = CharTokenizer.from_dict(info["tokenizer"])
-        self.frame_shift_seconds = info.get("frame_shift_seconds", self.frame_shift_seconds)
+            self.tokenizer = tokenizer_from_dict(info["tokenizer"])
         self.skipped_steps = info.get("skipped_steps", 0)
         if info.get("rng_seed") is not None:
             self.rng_seed = int(info["rng_seed"])

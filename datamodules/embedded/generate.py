@@ -20,7 +20,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import multiprocessing
@@ -240,21 +239,3 @@ def generate_corpus(
     stamp_tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     stamp_tmp.replace(directory / STAMP_NAME)
     return manifest
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m metaspeech.datamodules.embedded.generate --root data --preset small``."""
-    parser = argparse.ArgumentParser(description="Generate the embedded eSpeak NG speech corpus.")
-    parser.add_argument("--root", default="data", help="folder for corpora (default: data)")
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    print(generate_corpus(args.root, args.preset, args.seed, args.num_workers))
-
-
-if __name__ == "__main__":
-    # Run the package's copy of this module, so worker processes unpickle the same classes.
-    from metaspeech.datamodules.embedded import generate as _generate
-
-    _generate.main()

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from torch import nn
 
 from metaspeech.audio import load_audio
-from metaspeech.features import FeatureCache, FeatureConfig, FeatureExtractor, GlobalCMVN, SpecAugment
+from metaspeech.features import FeatureCache, FeatureConfig, FeatureExtractor, SpecAugment
 
 RATE = 16000
 
@@ -92,32 +91,21 @@ def test_utterance_cmvn_gives_zero_mean_unit_variance() -> None:
         torch.testing.assert_close(features.std(0, unbiased=False), torch.ones(features.shape[1]), atol=1e-3, rtol=0)
 
 
-def test_global_cmvn_fits_applies_and_travels_in_the_state_dict() -> None:
-    gen = torch.Generator().manual_seed(0)
-    features = [3.0 + 2.0 * torch.randn(n, 4, generator=gen) for n in (30, 50, 20)]
-    cmvn = GlobalCMVN.from_features(features)
-    normalized = cmvn.apply(torch.cat(features))
-    torch.testing.assert_close(normalized.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(normalized.std(0, unbiased=False), torch.ones(4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(cmvn(features[0].half()), cmvn.apply(features[0]).half(), atol=1e-2, rtol=1e-2)
-
-    restored = GlobalCMVN(4)
-    restored.load_state_dict(cmvn.state_dict())
-    assert set(cmvn.state_dict()) == {"mean", "std"}
-    torch.testing.assert_close(restored.apply(features[1]), cmvn.apply(features[1]))
+def test_extract_keeps_the_statistics_that_per_utterance_cmvn_removes() -> None:
+    """``statistics`` are the mean and std of the raw features, so two recordings differing only in level
+    give the same normalized features but different statistics (noise: no frame hits the log floor)."""
+    wave = 0.1 * torch.randn(RATE, generator=torch.Generator().manual_seed(0))
+    raw, _ = FeatureExtractor(FeatureConfig(cmvn="none")).extract(wave)
+    normalized, statistics = FeatureExtractor(FeatureConfig(cmvn="utterance")).extract(wave)
+    torch.testing.assert_close(statistics, torch.cat([raw.mean(0), raw.std(0, unbiased=False)]))
+    louder, louder_statistics = FeatureExtractor(FeatureConfig(cmvn="utterance")).extract(4 * wave)
+    torch.testing.assert_close(louder, normalized, atol=1e-3, rtol=1e-3)
+    assert float((louder_statistics[:80] - statistics[:80]).mean()) > 2.0  # log(16) on average over mel bins
 
 
-def test_global_cmvn_as_a_submodule_keeps_module_apply_working() -> None:
-    model = nn.Sequential(GlobalCMVN(4), nn.Linear(4, 2))
-    model.apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None)
-    assert torch.equal(model[1].weight, torch.zeros(2, 4))
-
-
-def test_global_cmvn_rejects_empty_or_mismatched_input() -> None:
-    with pytest.raises(ValueError, match="at least one"):
-        GlobalCMVN.from_features([])
-    with pytest.raises(ValueError, match=r"\[frames, 4\]"):
-        GlobalCMVN(4).fit([torch.zeros(3, 5)])
+def test_global_cmvn_is_not_an_option() -> None:
+    with pytest.raises(ValueError, match="'utterance' or 'none'"):
+        FeatureConfig(cmvn="global")
 
 
 def _padded_ones(lengths: list[int], frames: int = 200, dims: int = 80) -> torch.Tensor:
