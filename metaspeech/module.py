@@ -19,25 +19,21 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, ContextManager
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from metaspeech.algorithms.base import InnerGradientOverflowError, MetaAlgorithm, NonFiniteLossError, OuterResult
-from metaspeech.audio import AudioError, load_audio
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.ctc import greedy_decode
 from metaspeech.features import FeatureConfig
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
+from metaspeech.protocol import AdaptationEvaluator
 from metaspeech.learner import FastWeights, Learner
-from metaspeech.loggers import log_adaptation_report
 from metaspeech.losses import CTCLoss
 from metaspeech.models.staged import StagedModel
 from metaspeech.randomness import seeded_rng
@@ -398,21 +394,10 @@ class MetaSpeechModule(L.LightningModule):
         return self.tokenizer
 
     def evaluate_task(self, item: EvaluationBatch, shots: list[int], steps: list[int]) -> list[UtteranceRecord]:
-        """Adapt on ``pool.take(k)`` for every k and s; decode and score the evaluation set."""
-        records = []
-        references = item.evaluation.texts[0]
-        ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
-        for k in shots:
-            if k > item.pool.examples_per_task:
-                raise ConfigError(
-                    f"model.test_shots asks for k={k} adaptation utterances but speaker {item.task!r} has an adaptation "
-                    f"pool of {item.pool.examples_per_task}: raise data.init_args.eval_pool_size or lower model.test_shots"
-                )
-            support = item.pool.take(k)
-            self._adaptation_seconds[(item.task, k)] = float(support.inputs[1].sum()) * self.frame_shift_seconds
-            for s in steps:
-                hypotheses = self.transcribe(item.evaluation, self.adapt(support, s))[0]
-                records += [score_utterance(item.task, k, s, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
+        """The k x s protocol on one held-out task with this module's adaptation (:mod:`metaspeech.protocol`)."""
+        evaluator = AdaptationEvaluator(shots, steps, self.frame_shift_seconds)
+        records = evaluator.evaluate(item, self.adapt, self.transcribe)
+        self._adaptation_seconds.update(evaluator.seconds)
         return records
 
     def meta_val_wer(self, loader: Any, shots: int, steps: int, inner_lr: float | None = None) -> float:
@@ -467,12 +452,12 @@ class MetaSpeechModule(L.LightningModule):
         for c in report.conditions():
             self.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)
             self.log(f"test/cer_k{c.shots}_s{c.steps}", c.cer, rank_zero_only=True)
-        if self.trainer.is_global_zero:
-            name = type(self.algorithm).__name__
-            self.print(report.render(title=f"{name}: adaptation on held-out speakers"))
-            paths = report.write(self._results_dir(), name=f"adaptation_{name.lower()}")
-            self.print(f"results written to {paths['json']} and {paths['csv']}")
-            self._log_report_tables(report)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The test report's console table, files and logger tables (:mod:`metaspeech.reporting`)."""
+        from metaspeech.reporting import AdaptationReportWriter
+
+        return [AdaptationReportWriter()]
 
     def _gather(self, items: list[Any]) -> list[Any]:
         if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
@@ -480,28 +465,6 @@ class MetaSpeechModule(L.LightningModule):
         gathered: list[list[Any]] = [[] for _ in range(self.trainer.world_size)]
         torch.distributed.all_gather_object(gathered, list(items))
         return [x for part in gathered for x in part]
-
-    def _results_dir(self) -> Path:
-        if self.results_dir:
-            return Path(self.results_dir)
-        log_dir = self.trainer.log_dir
-        return Path(log_dir) if log_dir else Path("results")
-
-    def _log_report_tables(self, report: AdaptationReport) -> None:
-        """Tables, WER-vs-steps curves and audio examples to the loggers (rank 0; see ``metaspeech.loggers``)."""
-        log_adaptation_report(self.loggers, report, audio=self._example_audio, sample_rate=self.feature_config.sample_rate)
-
-    def _example_audio(self, utterance: str) -> np.ndarray | None:
-        """The waveform of a test utterance, when the data module knows its file."""
-        find = getattr(getattr(self.trainer, "datamodule", None), "audio_path", None)
-        path = find(utterance) if find is not None else None
-        if path is None:
-            return None
-        try:
-            return load_audio(path, self.feature_config.sample_rate).numpy()
-        except AudioError as err:
-            rank_zero_warn(f"no audio example for {utterance}: {err}")
-            return None
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,53 @@
+"""The k x s adaptation protocol for one held-out task, as a plain object.
+
+Why apart from the LightningModule: the protocol (adapt on the first k pool utterances
+for s steps, decode the evaluation set, score every utterance) is the heart of every
+reported number, and it must be testable with any adapt / transcribe functions,
+without a Trainer. :class:`~metaspeech.module.MetaSpeechModule` gives it its own.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from metaspeech.batch import EvaluationBatch, TaskBatch
+from metaspeech.errors import ConfigError
+from metaspeech.evaluation import UtteranceRecord, score_utterance
+from metaspeech.learner import FastWeights
+
+Adapt = Callable[[TaskBatch, int], FastWeights]
+"""``adapt(support, steps)`` -> fast weights ``[T, ...]`` (``T = 1`` here)."""
+Transcribe = Callable[[TaskBatch, FastWeights], list[list[str]]]
+"""``transcribe(batch, fast)`` -> hypotheses ``[T][B]``."""
+
+
+class AdaptationEvaluator:
+    """Score one task for every shot count k in ``shots`` and step count s in ``steps``.
+
+    Supports are nested: the k-shot support is the first k pool utterances, so the
+    1-shot support lies inside the 5-shot one. ``seconds`` records, per ``(task, k)``, how
+    much speech the k utterances hold (``frame_shift_seconds`` per feature frame).
+    """
+
+    def __init__(self, shots: list[int], steps: list[int], frame_shift_seconds: float) -> None:
+        self.shots, self.steps = list(shots), list(steps)
+        self.frame_shift_seconds = frame_shift_seconds
+        self.seconds: dict[tuple[str, int], float] = {}
+
+    def evaluate(self, item: EvaluationBatch, adapt: Adapt, transcribe: Transcribe) -> list[UtteranceRecord]:
+        """Per-utterance records of ``item``'s evaluation set under every (k, s)."""
+        references = item.evaluation.texts[0]
+        ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
+        records = []
+        for k in self.shots:
+            if k > item.pool.examples_per_task:
+                raise ConfigError(
+                    f"model.test_shots asks for k={k} adaptation utterances but speaker {item.task!r} has an adaptation "
+                    f"pool of {item.pool.examples_per_task}: raise data.init_args.eval_pool_size or lower model.test_shots"
+                )
+            support = item.pool.take(k)
+            self.seconds[(item.task, k)] = float(support.inputs[1].sum()) * self.frame_shift_seconds
+            for s in self.steps:
+                hypotheses = transcribe(item.evaluation, adapt(support, s))[0]
+                records += [score_utterance(item.task, k, s, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
+        return records
