@@ -309,7 +309,7 @@ class EpisodicDataModule(L.LightningDataModule):
             self._resume_state = None
         self.train_sampler = sampler
         dataset = self.datasets["train"]
-        return DataLoader(
+        return EpisodeLoader(
             dataset, batch_sampler=sampler, collate_fn=MetaBatchCollator(self.k_shot, self.q_query, dataset.task_names(self.task_indices["train"])),
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )
@@ -345,11 +345,23 @@ class EpisodicDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             self._resume_state = dict(state)
-            # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader itself is stateful.
-            # This data module restores the sampler position from the checkpoint instead, so it is exact.
-            warnings.filterwarnings(
-                "ignore", message="You're resuming from a checkpoint that ended before the epoch ended", category=UserWarning
-            )
+
+
+class EpisodeLoader(DataLoader):
+    """The meta-training DataLoader, resumable mid-epoch through its data module.
+
+    Lightning treats a loader with ``state_dict`` / ``load_state_dict`` as resumable (and
+    otherwise warns that a mid-epoch resume is unreliable). This one is: the sampler's
+    position is saved and restored by :meth:`EpisodicDataModule.state_dict`, from the
+    trainer's count of *consumed* batches, which stays right with prefetching workers.
+    So the loader's own state is empty.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore here: the data module restored the sampler."""
 
 
 def _seen_evaluation_tasks(tasks: list[SeenSpeakerTask], first_index: int) -> list[EvaluationTask]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 import secrets
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import torch
 from fsspec.utils import get_protocol
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
 from metaspeech.errors import MetaSpeechError
 
@@ -156,3 +158,19 @@ def use_atomic_checkpoint_io(trainer: Any) -> CheckpointIO:
         elif type(inner) is TorchCheckpointIO:
             current._checkpoint_io = AtomicCheckpointIO()
     return strategy.checkpoint_io
+
+
+class ModelCheckpoint(_LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, without its warning about manual optimization.
+
+    With ``every_n_train_steps`` and manual optimization, Lightning warns that a checkpoint
+    holds the state *after* the optimizer step. That is the state a metaspeech checkpoint
+    must hold: it matches ``global_step``, the optimizer and the sampler position, which
+    is what makes resuming exact. The warning is silenced around this callback's own
+    saving only; every other warning is left alone.
+    """
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+            super().on_train_batch_end(*args, **kwargs)

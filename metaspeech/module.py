@@ -17,7 +17,6 @@ the run seed is saved in the checkpoint next to the sampler position.
 
 from __future__ import annotations
 
-import warnings
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
@@ -138,11 +137,6 @@ class MetaSpeechModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.rng_seed is None:
             self.rng_seed = torch.initial_seed()  # the seed of seed_everything; a checkpoint's overrides it on resume
-        if stage == "fit":
-            # ModelCheckpoint(every_n_train_steps) warns that with manual optimization it saves the state *after*
-            # the optimizer step. That is the state this module's checkpoints must hold: it matches global_step,
-            # the optimizer and the sampler position, which is what makes resuming exact.
-            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
         if stage == "fit" and self.init_from:
             self._load_recognizer_weights(self.init_from)
             self._initialized_from = self.init_from

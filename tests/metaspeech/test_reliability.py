@@ -69,12 +69,12 @@ class PauseAt(Callback):
 def _callbacks_config(path: Path, checkpoint_dir: Path, pause: tuple[int, Path] | None = None, best_dir: Path | None = None) -> Path:
     """A YAML config with ``trainer.callbacks``: last.ckpt every step [+ best by meta-val WER] [+ the pause]."""
     lines = [
-        "  - class_path: lightning.pytorch.callbacks.ModelCheckpoint",
+        "  - class_path: metaspeech.checkpoint_io.ModelCheckpoint",
         f"    init_args: {{dirpath: '{checkpoint_dir}', save_last: true, every_n_train_steps: 1}}",
     ]
     if best_dir is not None:  # like configs/trainer/cpu.yaml: the best checkpoint by meta-val WER after adaptation
         lines += [
-            "  - class_path: lightning.pytorch.callbacks.ModelCheckpoint",
+            "  - class_path: metaspeech.checkpoint_io.ModelCheckpoint",
             f"    init_args: {{dirpath: '{best_dir}', monitor: val/wer_post, mode: min, filename: 'best-{{step}}'}}",
         ]
     if pause is not None:
