@@ -102,26 +102,40 @@ def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tu
 
 def measure(args: argparse.Namespace) -> dict:
     """One configuration in this process: seconds per outer step and peak memory."""
-    import resource
-
     import torch
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     step, model = build_step(args)
-    step()  # warm-up
+    seconds = timed_steps(step, model, torch.device(args.device), args.repeats)
+    return {"seconds_per_step": seconds, "tasks_per_second": args.tasks / seconds, "peak_memory_mb": peak_memory(args.device) / 2**20}
+
+
+def timed_steps(step: Callable[[], None], model: "torch.nn.Module", device: "torch.device", repeats: int) -> float:
+    """Seconds per call of ``step`` (gradients cleared before each), after one warm-up call."""
+    import torch
+
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         model.zero_grad(set_to_none=True)
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.repeats
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds_per_step": seconds, "tasks_per_second": args.tasks / seconds, "peak_memory_mb": peak / 2**20}
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_memory(device: str = "cpu") -> float:
+    """Peak bytes of this process so far: CUDA max allocated, else the maximum resident set size."""
+    import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return float(torch.cuda.max_memory_allocated())
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def _to(batch, device):

@@ -18,17 +18,14 @@ import itertools
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
 def measure(args: argparse.Namespace) -> dict:
     """One (T, c) cell in this process: seconds per outer step and peak memory above the start."""
-    import resource
-
     import torch
 
-    from benchmarks.engine_speed import synthetic_meta_batch
+    from benchmarks.engine_speed import peak_memory, synthetic_meta_batch, timed_steps
     from metaspeech.algorithms import MAML
     from metaspeech.learner import Learner
     from metaspeech.losses import CTCLoss
@@ -47,23 +44,10 @@ def measure(args: argparse.Namespace) -> dict:
         for chunk in batch.chunks(args.chunk):
             (algorithm.outer_loss(learner, chunk).loss * (chunk.num_tasks / batch.num_tasks)).backward()
 
-    def peak() -> float:
-        if device.type == "cuda":
-            return torch.cuda.max_memory_allocated()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    before = peak()
-    start = time.perf_counter()
-    for _ in range(args.repeats):
-        model.zero_grad(set_to_none=True)
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.repeats
-    return {"seconds_per_step": seconds, "tasks_per_second": args.tasks / seconds, "peak_memory_mb": (peak() - before) / 2**20}
+    before = peak_memory(args.device)
+    seconds = timed_steps(step, model, device, args.repeats)
+    return {"seconds_per_step": seconds, "tasks_per_second": args.tasks / seconds,
+            "peak_memory_mb": (peak_memory(args.device) - before) / 2**20}
 
 
 def _to(batch, device):
