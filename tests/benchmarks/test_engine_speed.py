@@ -49,3 +49,14 @@ def test_the_task_chunking_benchmark_writes_memory_and_speed_per_chunk_size(tmp_
     rows = json.loads(output.read_text())["rows"]
     assert [(r["tasks"], r["chunk"]) for r in rows] == [(2, 1), (2, 2)]  # c > T is skipped
     assert all(r["tasks_per_second"] > 0 and r["peak_memory_mb"] >= 0 for r in rows)
+
+
+def test_the_step_profile_groups_all_cpu_time_into_families(tmp_path: Path) -> None:
+    output = tmp_path / "profile.json"
+    command = [sys.executable, "-m", "benchmarks.profile_step", "--tasks", "1", "--steps", "1", "--shots", "1",
+               "--frames", "40", "--threads", "1", "--output", str(output)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(output.read_text())["rows"]
+    assert {"lstm", "other"} <= {r["family"] for r in rows}
+    assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-9
