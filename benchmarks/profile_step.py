@@ -1,6 +1,6 @@
 """Where one engine outer step spends its CPU time, by operator family.
 
-    .venv/bin/python benchmarks/profile_step.py --algorithm fomaml --scope lhuc
+    .venv/bin/python -m benchmarks.profile_step --algorithm fomaml --scope lhuc
 
 Why: FOMAML and Reptile on the LHUC scope are the cells of BENCHMARKS.md §1 where the
 engine gains least over a per-task loop. This runs one outer step of the §1 setting

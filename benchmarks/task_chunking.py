@@ -1,7 +1,7 @@
 """Peak memory and speed of second-order MAML with task chunking (``model.tasks_per_chunk``).
 
-    .venv/bin/python benchmarks/task_chunking.py                       # T in {8, 16}, c in {1, 2, 4, 8}
-    .venv/bin/python benchmarks/task_chunking.py --tasks 8 --chunks 1 8 --device cuda
+    .venv/bin/python -m benchmarks.task_chunking                       # T in {8, 16}, c in {1, 2, 4, 8, 16}
+    .venv/bin/python -m benchmarks.task_chunking --tasks 8 --chunks 1 8 --device cuda
 
 Why: without chunks the engine holds all T tasks' double-backward graphs until the one
 backward. With chunks of c tasks each chunk's share of the outer loss is backpropagated
@@ -70,7 +70,7 @@ def _run_one(args: argparse.Namespace, tasks: int, chunk: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--frames", type=int, default=200)
