@@ -43,14 +43,20 @@ def usage() -> str:
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``metaspeech`` console script; returns the exit status."""
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    if "--debug" in argv:
+        os.environ[DEBUG_ENV] = "1"  # inherited by the processes a DDP launcher starts
+        argv = [a for a in argv if a != "--debug"]
+        if args is None:
+            sys.argv = [sys.argv[0], *argv]
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     try:
         if argv[0] in LIGHTNING_SUBCOMMANDS:
-            build_cli(argv)
+            # From the console script LightningCLI reads sys.argv itself: Lightning's DDP launcher starts
+            # the other ranks by re-running sys.argv, so it must stay the real command line.
+            build_cli(None if args is None else argv)
             return 0
         from metaspeech.commands import run_command
 

@@ -181,7 +181,9 @@ def _arguments_from(args: list[str] | None) -> Iterator[None]:
     Why: LightningCLI warns when it is given ``args`` while the process has command-line
     arguments of its own, a guard against mixing the two. ``compare`` and ``demo`` build
     each run from a complete argument list, so the process's own arguments (``demo ...``)
-    are not an input of those runs and are hidden from the parser while it runs.
+    are not an input of those runs and are hidden from the parser while it runs. (A DDP
+    launcher that re-runs ``sys.argv`` for the other ranks therefore cannot be used from
+    ``compare`` / ``demo``; ``metaspeech fit`` keeps the real command line for it.)
     """
     if args is None:
         yield
