@@ -451,6 +451,8 @@ class MetaSpeechModule(L.LightningModule):
         """The test report's console table, files and logger tables (:mod:`metaspeech.reporting`)."""
         from metaspeech.reporting import AdaptationReportWriter
 
+        if any(isinstance(c, AdaptationReportWriter) for c in self.trainer.callbacks):
+            return []  # a test after a fit on the same Trainer: installed already
         return [AdaptationReportWriter()]
 
     def _gather(self, items: list[Any]) -> list[Any]:
