@@ -22,13 +22,14 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from metaspeech.audio import load_audio
-from metaspeech.errors import ConfigError, DataError
 from metaspeech.batch import EvaluationBatch
+from metaspeech.checkpoint_io import read_metaspeech_section
 from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
 from metaspeech.datamodules.dataset import UtteranceDataset
 from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler, make_evaluation_tasks
 from metaspeech.datamodules.seen_speakers import SEEN_GROUP, SeenSpeakerTask, hold_out_seen_sentences
 from metaspeech.datamodules.validation import validate_utterances
+from metaspeech.errors import ConfigError, DataError
 from metaspeech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
 from metaspeech.randomness import unit_interval
@@ -165,8 +166,6 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._tokenizer
 
     def _checkpoint_tokenizer(self) -> Tokenizer:
-        from metaspeech.checkpoint_io import read_metaspeech_section
-
         saved = read_metaspeech_section(self.tokenizer_from).get("tokenizer")
         if saved is None:
             raise DataError(f"data.init_args.tokenizer_from={self.tokenizer_from} holds no tokenizer: use a checkpoint of `metaspeech fit`")

@@ -28,13 +28,13 @@ from metaspeech.algorithms.base import InnerGradientOverflowError, MetaAlgorithm
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.ctc import greedy_decode
-from metaspeech.features import FeatureConfig
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
-from metaspeech.protocol import AdaptationEvaluator
+from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.losses import CTCLoss
 from metaspeech.models.staged import StagedModel
+from metaspeech.protocol import AdaptationEvaluator
 from metaspeech.randomness import seeded_rng
 from metaspeech.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -247,7 +247,7 @@ class MetaSpeechModule(L.LightningModule):
             weight = chunk.num_tasks / batch.num_tasks
             last = index == len(chunks) - 1
             with nullcontext() if last else self._without_gradient_sync():
-                self.manual_backward(result.loss * weight if len(chunks) > 1 else result.loss)
+                self.manual_backward(result.loss * weight)  # weight 1.0 without chunks
             results.append((result, weight))
         return OuterResult.merge(results)
 
