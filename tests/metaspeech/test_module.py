@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
@@ -261,3 +262,25 @@ def test_task_chunks_give_the_unchunked_meta_gradient(algorithm: str, tiny_data,
 def test_tasks_per_chunk_must_be_positive(tiny_module) -> None:
     with pytest.raises(ValueError, match="model.tasks_per_chunk"):
         tiny_module(FOMAML(), tasks_per_chunk=0)
+
+
+def test_cosine_decay_warms_up_then_falls_to_the_floor_at_max_steps(tiny_data, tiny_module, tiny_trainer) -> None:
+    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), warmup_steps=2, lr_decay="cosine", min_lr_ratio=0.1)
+    rates = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    tiny_trainer(max_steps=6, limit_val_batches=0, callbacks=[Record()]).fit(module, datamodule=tiny_data())
+    peak = 3e-3
+    assert rates[0] == pytest.approx(peak)  # the rate for step 1, after warmup step 0 (1/2) and 1 (2/2)
+    assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(0.1 * peak)
+    constant = tiny_module(FOMAML(), warmup_steps=2)
+    constant._trainer = None
+    assert [constant._lr_factor(s) for s in (0, 1, 50)] == [0.5, 1.0, 1.0]
+
+
+def test_an_unknown_lr_decay_names_the_key(tiny_module) -> None:
+    with pytest.raises(ValueError, match="model.lr_decay"):
+        tiny_module(FOMAML(), lr_decay="linear")
