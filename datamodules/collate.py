@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from metaspeech.batch import MetaBatch, TaskBatch
+from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.datamodules.dataset import UtteranceDataset, UtteranceItem
 from metaspeech.datamodules.sampler import EvaluationTask
 
@@ -104,15 +104,16 @@ class MetaBatchCollator:
         return tasks
 
 
-def collate_evaluation_task(dataset: UtteranceDataset, task: EvaluationTask) -> tuple[TaskBatch, TaskBatch, str]:
-    """One held-out task -> ``(pool, evaluation, task name)``, both :class:`TaskBatch` with ``T = 1``.
+def collate_evaluation_task(dataset: UtteranceDataset, task: EvaluationTask) -> EvaluationBatch:
+    """One held-out task -> an :class:`EvaluationBatch`: pool, evaluation set and oracle pool, each ``T = 1``.
 
     k-shot adaptation uses ``pool.take(k)``. For a large evaluation set use
     :func:`evaluation_chunks` instead of the single ``evaluation`` batch.
     """
     pool = collate_tasks([[dataset[i] for i in task.pool]])
     evaluation = collate_tasks([[dataset[i] for i in task.evaluation]])
-    return pool, evaluation, task.name
+    oracle = collate_tasks([[dataset[i] for i in task.oracle]]) if task.oracle else None
+    return EvaluationBatch(pool=pool, evaluation=evaluation, task=task.name, oracle=oracle)
 
 
 def evaluation_chunks(dataset: UtteranceDataset, task: EvaluationTask, chunk_size: int) -> Iterator[TaskBatch]:

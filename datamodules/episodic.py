@@ -50,8 +50,7 @@ class EvaluationTaskDataset(Dataset):
         return len(self.tasks)
 
     def __getitem__(self, index: int) -> EvaluationBatch:
-        pool, evaluation, name = collate_evaluation_task(self.dataset, self.tasks[index])
-        return EvaluationBatch(pool=pool, evaluation=evaluation, task=name)
+        return collate_evaluation_task(self.dataset, self.tasks[index])
 
 
 FEATURE_THREADS = 2
@@ -69,6 +68,9 @@ class EpisodicDataModule(L.LightningDataModule):
         batches_per_epoch: meta-batches in one epoch.
         eval_pool_size: adaptation pool per held-out task (>= the largest shot count tested).
         eval_size: evaluation utterances per held-out task (None: all the rest).
+        oracle_pool_size: utterances per held-out task for the speaker oracle (the few-shot pool and
+            more; the evaluation set starts after them), so the test report can say how much of the
+            gap to a speaker-dependent model adaptation closes. 0: no oracle.
         val_fraction / test_fraction: share of speakers held out when rows carry no ``split`` label.
         features: feature extraction settings.
         cache_dir: where features are cached.
@@ -93,6 +95,7 @@ class EpisodicDataModule(L.LightningDataModule):
         batches_per_epoch: int = 100,
         eval_pool_size: int = 10,
         eval_size: int | None = None,
+        oracle_pool_size: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         features: FeatureConfig | None = None,
@@ -111,6 +114,12 @@ class EpisodicDataModule(L.LightningDataModule):
         self.k_shot, self.q_query = k_shot, q_query
         self.tasks_per_batch, self.batches_per_epoch = tasks_per_batch, batches_per_epoch
         self.eval_pool_size, self.eval_size = eval_pool_size, eval_size
+        if oracle_pool_size and oracle_pool_size <= eval_pool_size:
+            raise ConfigError(
+                f"data.init_args.oracle_pool_size ({oracle_pool_size}) must exceed eval_pool_size ({eval_pool_size}): "
+                "the oracle fine-tunes on the few-shot pool and more of each speaker (or set it to 0)"
+            )
+        self.oracle_pool_size = oracle_pool_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.feature_config = features or FeatureConfig()
         self.cache_dir = cache_dir
@@ -317,7 +326,7 @@ class EpisodicDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         tasks = make_evaluation_tasks(
             self.task_indices[split], self.eval_pool_size, self.eval_size, seed=self.seed, rank=rank, world_size=world,
-            task_key=self.task_key,
+            task_key=self.task_key, oracle_pool_size=self.oracle_pool_size if split == "test" else 0,
         )
         if split == "test":
             tasks += self.seen_tasks[rank::world]

@@ -15,7 +15,7 @@ which biases corpus-level WER).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -204,12 +204,15 @@ class EvaluationTask:
 
     The pool is in a seeded random order, so k-shot adaptation with the first k
     pool utterances gives nested supports (the 1-shot support is inside the
-    5-shot one). The evaluation set is in dataset order.
+    5-shot one). The evaluation set is in dataset order. ``oracle`` is the speaker
+    oracle's large pool (empty when there is none): the few-shot pool and more of
+    the task's utterances, never any of the evaluation set.
     """
 
     name: str
     pool: list[int]
     evaluation: list[int]
+    oracle: list[int] = field(default_factory=list)
 
     def evaluation_chunks(self, chunk_size: int) -> list[list[int]]:
         """The evaluation indices in consecutive chunks of at most ``chunk_size``."""
@@ -225,12 +228,16 @@ def make_evaluation_tasks(
     rank: int = 0,
     world_size: int = 1,
     task_key: str = "speaker",
+    oracle_pool_size: int = 0,
 ) -> list[EvaluationTask]:
     """Split every held-out task into an adaptation pool and a disjoint evaluation set.
 
     A task's split depends only on ``(seed, task name)``, not on which other
     tasks exist. Tasks with fewer than ``pool_size + 1`` utterances are skipped
     with a warning naming them. ``eval_size=None`` evaluates on all the rest.
+    ``oracle_pool_size > pool_size`` also gives every task an oracle pool of that
+    many utterances (the pool first, then the next ones in the seeded order), and
+    the evaluation set starts after it; tasks need ``oracle_pool_size + 1`` utterances.
 
     DDP: the eligible tasks, sorted by name, go to ranks round-robin (task ``j``
     to rank ``j % world_size``), whole and without duplicates, so ranks may get
@@ -241,13 +248,18 @@ def make_evaluation_tasks(
     if eval_size is not None:
         _check_positive(eval_size=eval_size)
     _check_rank(rank, world_size)
-    tasks = _split_by_size(task_to_indices, pool_size + 1, task_key, "pool_size+1", "evaluation skips")
+    if oracle_pool_size and oracle_pool_size <= pool_size:
+        raise ValueError(f"oracle_pool_size ({oracle_pool_size}) must exceed the adaptation pool ({pool_size}), or be 0")
+    reserved = max(pool_size, oracle_pool_size)
+    requirement = "oracle_pool_size+1" if oracle_pool_size else "pool_size+1"
+    tasks = _split_by_size(task_to_indices, reserved + 1, task_key, requirement, "evaluation skips")
     names = list(tasks)[rank::world_size]
-    return [_split_task(name, tasks[name], pool_size, eval_size, seed) for name in names]
+    return [_split_task(name, tasks[name], pool_size, oracle_pool_size, eval_size, seed) for name in names]
 
 
-def _split_task(name: str, rows: list[int], pool_size: int, eval_size: int | None, seed: int) -> EvaluationTask:
+def _split_task(name: str, rows: list[int], pool_size: int, oracle_size: int, eval_size: int | None, seed: int) -> EvaluationTask:
     order = torch.randperm(len(rows), generator=seeded_generator("evaluation", seed, name)).tolist()
     shuffled = [rows[i] for i in order]
-    rest = shuffled[pool_size:] if eval_size is None else shuffled[pool_size : pool_size + eval_size]
-    return EvaluationTask(name=name, pool=shuffled[:pool_size], evaluation=sorted(rest))
+    start = max(pool_size, oracle_size)
+    rest = shuffled[start:] if eval_size is None else shuffled[start : start + eval_size]
+    return EvaluationTask(name=name, pool=shuffled[:pool_size], evaluation=sorted(rest), oracle=shuffled[:oracle_size])

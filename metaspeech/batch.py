@@ -137,9 +137,11 @@ class EvaluationBatch:
     """One held-out task for evaluation: an adaptation ``pool`` and a disjoint ``evaluation`` set.
 
     Both are :class:`TaskBatch` objects with a single task (``T = 1``); k-shot
-    adaptation uses ``pool.take(k)``.
+    adaptation uses ``pool.take(k)``. ``oracle`` is the speaker oracle's large pool
+    of the same task (it contains ``pool``, never ``evaluation``), or None.
     """
 
     pool: TaskBatch
     evaluation: TaskBatch
     task: str
+    oracle: TaskBatch | None = None

@@ -68,6 +68,8 @@ class ConditionResult:
     speakers: int
     utterances: int
     adaptation_seconds: float
+    oracle_wer: float = float("nan")
+    gap_closed: float = float("nan")
 
 
 SEEN_SPEAKERS = "seen speaker, new sentences"
@@ -79,6 +81,9 @@ class AdaptationReport:
 
     ``adaptation_seconds[(task, k)]`` is the audio duration of the k adaptation utterances;
     ``groups[task]`` an optional group label (e.g. ``"unseen accent"``) reported separately.
+    ``oracle`` holds the speaker oracle's records (:mod:`metaspeech.oracle`): with them every
+    condition also reports the oracle WER of its speakers and the share of the gap closed,
+    ``(WER at s=0 - WER) / (WER at s=0 - oracle WER)``.
     """
 
     def __init__(
@@ -87,9 +92,11 @@ class AdaptationReport:
         adaptation_seconds: dict[tuple[str, int], float] | None = None,
         groups: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
+        oracle: Iterable[UtteranceRecord] = (),
     ):
         self.settings = dict(settings or {})  # protocol choices, e.g. the inner learning rate chosen on meta-val
         self.records = list(records)
+        self.oracle = list(oracle)
         self.adaptation_seconds = adaptation_seconds or {}
         self.groups = {task: group for task, group in (groups or {}).items() if any(r.task == task for r in self.records)}
 
@@ -97,7 +104,8 @@ class AdaptationReport:
     def load(cls, json_path: str | Path) -> "AdaptationReport":
         """A report from the JSON that :meth:`write` produced (records and task groups)."""
         data = json.loads(Path(json_path).read_text())
-        return cls([UtteranceRecord(**r) for r in data["records"]], groups=data.get("task_groups"), settings=data.get("settings"))
+        return cls([UtteranceRecord(**r) for r in data["records"]], groups=data.get("task_groups"), settings=data.get("settings"),
+                   oracle=[UtteranceRecord(**r) for r in data.get("oracle_records", [])])
 
     def group_names(self) -> list[str]:
         return sorted(set(self.groups.values()))
@@ -105,7 +113,8 @@ class AdaptationReport:
     def subset(self, group: str) -> "AdaptationReport":
         """The report restricted to the tasks labelled ``group``."""
         tasks = {task for task, g in self.groups.items() if g == group}
-        return AdaptationReport([r for r in self.records if r.task in tasks], self.adaptation_seconds)
+        return AdaptationReport([r for r in self.records if r.task in tasks], self.adaptation_seconds,
+                                oracle=[r for r in self.oracle if r.task in tasks])
 
     def conditions(self) -> list[ConditionResult]:
         """One result per (k, s) over the held-out speakers (the seen-speaker group is only in its subset)."""
@@ -127,6 +136,7 @@ class AdaptationReport:
         worse = [task for task, value in per_speaker.items() if task in base_per_speaker and value > base_per_speaker[task]]
         tasks = sorted(per_speaker)
         seconds = [self.adaptation_seconds.get((task, shots), 0.0) for task in tasks]
+        oracle_wer = self._oracle_wer(set(tasks))
         return ConditionResult(
             shots=shots,
             steps=steps,
@@ -139,10 +149,33 @@ class AdaptationReport:
             speakers=len(per_speaker),
             utterances=len(rows),
             adaptation_seconds=statistics.mean(seconds) if seconds else 0.0,
+            oracle_wer=oracle_wer,
+            gap_closed=(base_wer - wer) / (base_wer - oracle_wer) if base_wer > oracle_wer else float("nan"),
         )
+
+    def _oracle_wer(self, tasks: set[str]) -> float:
+        """Corpus WER of the speaker oracle over ``tasks``; NaN unless every one of them has an oracle."""
+        rows = [r for r in self.oracle if r.task in tasks]
+        if not tasks or {r.task for r in rows} != tasks:
+            return float("nan")
+        return _rate(rows, "word_errors", "words")
 
     def to_rows(self) -> list[dict[str, Any]]:
         return [asdict(c) for c in self.conditions()]
+
+    def decomposition_rows(self) -> list[dict[str, Any]]:
+        """Where the error lies: WER per speaker group (and all held-out speakers) for every (k, s), and the oracle."""
+        rows = []
+        for name, part in [("all held-out", self)] + [(group, self.subset(group)) for group in self.group_names()]:
+            for c in part.conditions():
+                rows.append({"group": name, "condition": f"k={c.shots} s={c.steps}", "wer": c.wer,
+                             "relative_wer_reduction": c.relative_wer_reduction, "speakers_worse": c.speakers_worse,
+                             "gap_closed": c.gap_closed, "speakers": c.speakers})
+            if part.oracle:
+                rows.append({"group": name, "condition": "oracle", "wer": _rate(part.oracle, "word_errors", "words"),
+                             "relative_wer_reduction": float("nan"), "speakers_worse": float("nan"),
+                             "gap_closed": 1.0, "speakers": len({r.task for r in part.oracle})})
+        return rows
 
     def speaker_rows(self) -> list[dict[str, Any]]:
         """One row per (speaker, k, s): that speaker's WER, CER and word count."""
@@ -185,8 +218,9 @@ class AdaptationReport:
         json_path, csv_path = directory / f"{name}.json", directory / f"{name}.csv"
         by_group = {group: self.subset(group).to_rows() for group in self.group_names()}
         json_path.write_text(json.dumps(
-            {"conditions": rows, "groups": by_group, "task_groups": self.groups, "settings": self.settings,
-             "records": [asdict(r) for r in self.records]},
+            {"conditions": rows, "groups": by_group, "decomposition": self.decomposition_rows(),
+             "task_groups": self.groups, "settings": self.settings,
+             "records": [asdict(r) for r in self.records], "oracle_records": [asdict(r) for r in self.oracle]},
             indent=2,
         ))
         with csv_path.open("w", newline="") as handle:
@@ -202,20 +236,30 @@ class AdaptationReport:
 
         table = Table(title=title)
         for column in ("k", "steps", "WER %", "CER %", "rel. WER red. %", "median spk WER %", "median spk rel. red. %",
-                       "spk worse %", "speakers", "adapt s"):
+                       "spk worse %", "gap closed %", "speakers", "adapt s"):
             table.add_column(column, justify="right")
         for c in self.conditions():
             table.add_row(
                 str(c.shots), str(c.steps), f"{100 * c.wer:.1f}", f"{100 * c.cer:.1f}",
                 f"{100 * c.relative_wer_reduction:+.1f}", f"{100 * c.median_speaker_wer:.1f}",
-                f"{100 * c.median_speaker_relative_reduction:+.1f}", f"{100 * c.speakers_worse:.0f}", str(c.speakers), f"{c.adaptation_seconds:.1f}",
+                f"{100 * c.median_speaker_relative_reduction:+.1f}", f"{100 * c.speakers_worse:.0f}",
+                _percent(c.gap_closed), str(c.speakers), f"{c.adaptation_seconds:.1f}",
             )
         console = Console(width=140, record=True, force_terminal=False, force_jupyter=False)
         with console.capture() as capture:
             console.print(table)
+            if self.oracle:
+                console.print(self._oracle_line())
             if self.group_names():
                 console.print(self._group_table())
         return capture.get()
+
+    def _oracle_line(self) -> str:
+        pool = statistics.mean(r.shots for r in self.oracle)
+        chosen = self.settings.get("oracle", {}).get("chosen_scopes", {})
+        scopes = ", ".join(f"{scope}: {n}" for scope, n in sorted(chosen.items())) if chosen else ""
+        return (f"Speaker oracle (fine-tuned on {pool:.0f} utterances of each speaker, early-stopped on held-out ones"
+                f"{'; scopes chosen ' + scopes if scopes else ''}): WER {100 * _rate(self.oracle, 'word_errors', 'words'):.1f} %")
 
     def _group_table(self):  # type: ignore[no-untyped-def]
         """WER % per group of speakers (e.g. seen vs unseen accents), one row per (k, s)."""
@@ -230,7 +274,14 @@ class AdaptationReport:
             table.add_row(str(c.shots), str(c.steps), *(
                 f"{100 * cells[n][(c.shots, c.steps)].wer:.1f} ({100 * cells[n][(c.shots, c.steps)].relative_wer_reduction:+.0f}%)"
                 if (c.shots, c.steps) in cells[n] else "-" for n in names))
+        if self.oracle:
+            parts = {n: self.subset(n).oracle for n in names}
+            table.add_row("oracle", "", *(f"{100 * _rate(parts[n], 'word_errors', 'words'):.1f}" if parts[n] else "-" for n in names))
         return table
+
+
+def _percent(value: float) -> str:
+    return "-" if value != value else f"{100 * value:.0f}"
 
 
 def _median_relative_reduction(per_speaker: dict[str, float], baseline: dict[str, float]) -> float:

@@ -129,6 +129,10 @@ def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str,
                 "cer": statistics.mean(c.cer for c in conditions),
                 "relative_wer_reduction": statistics.mean(c.relative_wer_reduction for c in conditions),
                 "speakers_worse": statistics.mean(c.speakers_worse for c in conditions),
+                "median_speaker_relative_reduction": statistics.mean(c.median_speaker_relative_reduction for c in conditions),
+                "oracle_wer": statistics.mean(c.oracle_wer for c in conditions),
+                "gap_closed": statistics.mean(c.gap_closed for c in conditions),
+                "adaptation_seconds": statistics.mean(c.adaptation_seconds for c in conditions),
                 "speakers": conditions[0].speakers,
                 "seeds": len(conditions),
             })
@@ -136,22 +140,31 @@ def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str,
 
 
 def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
-    """Side-by-side WER % (mean ± std over seeds, relative reduction vs s = 0) per algorithm, one line per (k, s)."""
+    """Side-by-side WER % (mean ± std over seeds; relative reduction vs s = 0, share of speakers made worse,
+    share of the gap to the speaker oracle closed) per algorithm, one line per (k, s), and the oracle's WER."""
     rows = [r for r in rows if r.get("group", "all") == group]
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
     grid = {(r["algorithm"], r["shots"], r["steps"]): r for r in rows}
     conditions = sorted({(r["shots"], r["steps"]) for r in rows})
     seeds = {a: max(r["seeds"] for r in rows if r["algorithm"] == a) for a in algorithms}
-    header = "| k | steps | " + " | ".join(f"{a} WER % (rel. red.), {seeds[a]} seed(s)" for a in algorithms) + " |"
+    header = "| k | steps | " + " | ".join(f"{a} WER % (rel. red.; spk worse; gap closed), {seeds[a]} seed(s)" for a in algorithms) + " |"
     lines = [header, "|" + "---|" * (2 + len(algorithms))]
     for shots, steps in conditions:
-        cells = []
-        for a in algorithms:
-            r = grid.get((a, shots, steps))
-            spread = f" ± {100 * r['wer_std']:.1f}" if r is not None and r["seeds"] > 1 else ""
-            cells.append("-" if r is None else f"{100 * r['wer']:.1f}{spread} ({100 * r['relative_wer_reduction']:+.1f})")
+        cells = ["-" if grid.get((a, shots, steps)) is None else _cell(grid[(a, shots, steps)]) for a in algorithms]
         lines.append(f"| {shots} | {steps} | " + " | ".join(cells) + " |")
+    oracles = [statistics.mean(r["oracle_wer"] for r in rows if r["algorithm"] == a) for a in algorithms]
+    if any(o == o for o in oracles):
+        lines.append("| oracle | | " + " | ".join("-" if o != o else f"{100 * o:.1f}" for o in oracles) + " |")
     return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any]) -> str:
+    spread = f" ± {100 * row['wer_std']:.1f}" if row["seeds"] > 1 else ""
+    gap = row.get("gap_closed", float("nan"))
+    details = [f"{100 * row['relative_wer_reduction']:+.1f}", f"{100 * row['speakers_worse']:.0f} %"]
+    if gap == gap and row["steps"] > 0:
+        details.append(f"{100 * gap:.0f} %")
+    return f"{100 * row['wer']:.1f}{spread} ({'; '.join(details)})"
 
 
 def markdown_report(rows: list[dict[str, Any]]) -> str:

@@ -52,9 +52,11 @@ AudioSource = Callable[[str], "np.ndarray | None"]
 
 
 def report_tables(report: AdaptationReport) -> dict[str, list[dict[str, Any]]]:
-    """The tables of a test report: conditions (the headline table), per speaker, and the curves."""
+    """The tables of a test report: conditions (the headline table), the error decomposition by speaker
+    group with the oracle, per speaker, and the curves."""
     curve = [{"k": k, "s": s, "wer": wer} for k, points in report.curves().items() for s, wer in points]
-    return {"adaptation_table": report.to_rows(), "speaker_table": report.speaker_rows(), "adaptation_curve": curve}
+    return {"adaptation_table": report.to_rows(), "decomposition_table": report.decomposition_rows(),
+            "speaker_table": report.speaker_rows(), "adaptation_curve": curve}
 
 
 def example_clips(report: AdaptationReport, audio: AudioSource | None, count: int) -> list[tuple[np.ndarray, str]]:

@@ -18,6 +18,7 @@ the run seed is saved in the checkpoint next to the sampler position.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
@@ -35,7 +36,8 @@ from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.losses import CTCLoss
 from metaspeech.models.staged import StagedModel
-from metaspeech.protocol import AdaptationEvaluator
+from metaspeech.oracle import SpeakerOracle
+from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle
 from metaspeech.randomness import seeded_rng
 from metaspeech.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -79,6 +81,9 @@ class MetaSpeechModule(L.LightningModule):
             adapted weights only if adapting on part of its support lowers the loss on the rest
             (up to 5 folds); otherwise the task keeps its unadapted start. A guard against
             harmful adaptation; it costs one extra adaptation per fold.
+        oracle: the speaker oracle of the test report (:class:`~metaspeech.oracle.SpeakerOracle`), run on
+            every test speaker that has an oracle pool (``data.init_args.oracle_pool_size``); default settings
+            when None.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class MetaSpeechModule(L.LightningModule):
         augmentation: EpisodeAugmentation | None = None,
         adaptation_guard: str = "none",
         tasks_per_chunk: int | None = None,
+        oracle: SpeakerOracle | None = None,
     ) -> None:
         super().__init__()
         if adaptation_guard not in ADAPTATION_GUARDS:
@@ -115,9 +121,10 @@ class MetaSpeechModule(L.LightningModule):
         # override them when a user tests it with other shots, steps or an output folder.
         self.save_hyperparameters(
             ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir", "init_from", "augmentation",
-                    "adaptation_guard"]
+                    "adaptation_guard", "oracle"]
         )
         self.augmentation = augmentation
+        self.oracle = oracle if oracle is not None else SpeakerOracle()
         self.results_dir = results_dir
         self.init_from = init_from
         self.automatic_optimization = False
@@ -133,6 +140,8 @@ class MetaSpeechModule(L.LightningModule):
         self.skipped_steps = 0
         self.rng_seed: int | None = None  # base seed of training-step randomness; set at fit start or from a checkpoint
         self._records: list[UtteranceRecord] = []
+        self._oracle_records: list[UtteranceRecord] = []
+        self._oracle_scopes: Counter[str] = Counter()
         self._adaptation_seconds: dict[tuple[str, int], float] = {}
         self.last_report: AdaptationReport | None = None
         self._initialized_from: str | None = None
@@ -388,11 +397,13 @@ class MetaSpeechModule(L.LightningModule):
         return {name: w.detach() for name, w in adaptation.fast.items()}
 
     @torch.no_grad()
-    def transcribe(self, batch: TaskBatch, fast: FastWeights | None = None) -> list[list[str]]:
-        """Greedy CTC transcripts ``[T][B]`` of ``batch`` with ``fast`` weights (default: unadapted)."""
-        prepared = self.learner.prepare(batch)
-        fast = fast if fast is not None else self.learner.expand(self.learner.init_weights(), prepared.num_tasks)
-        log_probs, lengths = self.learner.outputs(fast, prepared)[:2]
+    def transcribe(self, batch: TaskBatch, fast: FastWeights | None = None, learner: Learner | None = None) -> list[list[str]]:
+        """Greedy CTC transcripts ``[T][B]`` of ``batch`` with ``fast`` weights (default: unadapted) of
+        ``learner``'s scope (default: the adaptation scope)."""
+        learner = learner or self.learner
+        prepared = learner.prepare(batch)
+        fast = fast if fast is not None else learner.expand(learner.init_weights(), prepared.num_tasks)
+        log_probs, lengths = learner.outputs(fast, prepared)[:2]
         tokens = greedy_decode(log_probs, lengths)
         texts = [self._require_tokenizer().decode(ids) for ids in tokens]
         per_task = len(texts) // batch.num_tasks
@@ -414,6 +425,13 @@ class MetaSpeechModule(L.LightningModule):
         records = evaluator.evaluate(item, self.adapt, self.transcribe)
         self._adaptation_seconds.update(evaluator.seconds)
         return records
+
+    def speaker_oracle(self, pool: TaskBatch, evaluation: TaskBatch) -> tuple[list[str], int]:
+        """Transcripts ``[B]`` of ``evaluation`` by the recognizer fine-tuned on one speaker's large ``pool``
+        (:mod:`metaspeech.oracle`), and the step count its early stopping chose."""
+        fit = self.oracle.fit(self.model, self.learner.loss, pool)
+        self._oracle_scopes[fit.scope] += 1
+        return self.transcribe(evaluation, fit.fast, fit.learner)[0], fit.steps
 
     def meta_val_wer(self, loader: Any, shots: int, steps: int, inner_lr: float | None = None) -> float:
         """Corpus WER over the tasks of ``loader`` after adapting on ``shots`` utterances for ``steps`` steps,
@@ -453,20 +471,31 @@ class MetaSpeechModule(L.LightningModule):
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
         self._records, self._adaptation_seconds = [], {}
+        self._oracle_records, self._oracle_scopes = [], Counter()
 
     def test_step(self, item: EvaluationBatch, batch_idx: int) -> None:
         self._records += self.evaluate_task(item, self.test_shots, self.test_steps)
+        self._oracle_records += evaluate_oracle(item, self.speaker_oracle)
 
     def on_test_epoch_end(self) -> None:
         records, seconds = self._gather(self._records), self._gather([self._adaptation_seconds])
         merged_seconds = {key: value for part in seconds for key, value in part.items()}
+        oracle_records = self._gather(self._oracle_records)
+        settings = dict(self.protocol_settings)
+        if oracle_records:
+            chosen = sum((Counter(part) for part in self._gather([dict(self._oracle_scopes)])), Counter())
+            settings["oracle"] = {**self.oracle.describe(), "chosen_scopes": dict(chosen)}
         task_groups = getattr(getattr(self.trainer, "datamodule", None), "task_groups", None)
         report = AdaptationReport(records, merged_seconds, groups=task_groups("test") if task_groups else None,
-                                  settings=dict(self.protocol_settings))
+                                  settings=settings, oracle=oracle_records)
         self.last_report = report
         for c in report.conditions():
             self.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)
             self.log(f"test/cer_k{c.shots}_s{c.steps}", c.cer, rank_zero_only=True)
+            if c.steps and c.gap_closed == c.gap_closed:
+                self.log(f"test/gap_closed_k{c.shots}_s{c.steps}", c.gap_closed, rank_zero_only=True)
+        if report.oracle:
+            self.log("test/oracle_wer", report.conditions()[0].oracle_wer, rank_zero_only=True)
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The test report's console table, files and logger tables (:mod:`metaspeech.reporting`)."""

@@ -19,6 +19,8 @@ Adapt = Callable[[TaskBatch, int], FastWeights]
 """``adapt(support, steps)`` -> fast weights ``[T, ...]`` (``T = 1`` here)."""
 Transcribe = Callable[[TaskBatch, FastWeights], list[list[str]]]
 """``transcribe(batch, fast)`` -> hypotheses ``[T][B]``."""
+Oracle = Callable[[TaskBatch, TaskBatch], tuple[list[str], int]]
+"""``oracle(oracle_pool, evaluation)`` -> (hypotheses ``[B]`` of the speaker-dependent model, its step count)."""
 
 
 class AdaptationEvaluator:
@@ -36,8 +38,7 @@ class AdaptationEvaluator:
 
     def evaluate(self, item: EvaluationBatch, adapt: Adapt, transcribe: Transcribe) -> list[UtteranceRecord]:
         """Per-utterance records of ``item``'s evaluation set under every (k, s)."""
-        references = item.evaluation.texts[0]
-        ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
+        ids, references = _ids_and_references(item)
         records = []
         for k in self.shots:
             if k > item.pool.examples_per_task:
@@ -51,3 +52,22 @@ class AdaptationEvaluator:
                 hypotheses = transcribe(item.evaluation, adapt(support, s))[0]
                 records += [score_utterance(item.task, k, s, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
         return records
+
+
+def evaluate_oracle(item: EvaluationBatch, oracle: Oracle) -> list[UtteranceRecord]:
+    """Records of ``item``'s evaluation set under the speaker oracle (none without an oracle pool).
+
+    ``shots`` is the size of the oracle pool, ``steps`` the fine-tuning steps it chose.
+    """
+    if item.oracle is None:
+        return []
+    ids, references = _ids_and_references(item)
+    hypotheses, steps = oracle(item.oracle, item.evaluation)
+    shots = item.oracle.examples_per_task
+    return [score_utterance(item.task, shots, steps, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
+
+
+def _ids_and_references(item: EvaluationBatch) -> tuple[list[str], list[str]]:
+    references = item.evaluation.texts[0]
+    ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
+    return ids, references

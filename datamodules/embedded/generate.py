@@ -63,21 +63,31 @@ class CorpusPreset:
     min_words: int = 4
     max_words: int = 9
     held_out_accents: tuple[str, ...] = HELD_OUT_ACCENTS
+    held_out_utterances: int | None = None
+    """Utterances per val/test speaker (None: ``utterances_per_speaker``). Held-out speakers need more
+    than the few-shot pool and the evaluation set: the speaker oracle fine-tunes on a large pool of each."""
 
     @property
     def num_speakers(self) -> int:
         return self.num_train + self.num_val + self.num_test
 
+    def utterances_for(self, split: str) -> int:
+        """Utterances of one speaker of ``split``."""
+        if split == "train" or self.held_out_utterances is None:
+            return self.utterances_per_speaker
+        return self.held_out_utterances
+
     @property
     def num_utterances(self) -> int:
-        return self.num_speakers * self.utterances_per_speaker
+        return self.num_train * self.utterances_per_speaker + (self.num_val + self.num_test) * self.utterances_for("test")
 
 
 PRESETS: dict[str, CorpusPreset] = {
     # Seconds on two cores: for tests, smoke runs and notebooks.
     "tiny": CorpusPreset("tiny", 12, 3, 3, 12, min_words=3, max_words=5),
     # Minutes on two cores: the default training corpus.
-    "small": CorpusPreset("small", 110, 10, 20, 24),
+    # 200 training speakers with 36 sentences each; 50 per held-out speaker (few-shot pool, oracle pool, evaluation).
+    "small": CorpusPreset("small", 200, 20, 20, 36, held_out_utterances=50),
     # For longer experiments.
     "full": CorpusPreset("full", 320, 30, 50, 40),
 }
@@ -151,7 +161,7 @@ def _render_utterance(job: _SpeakerJob, utt: int) -> Utterance:
 
 def _render_speaker(job: _SpeakerJob) -> list[Utterance]:
     (job.directory / "wav" / job.speaker.speaker_id).mkdir(parents=True, exist_ok=True)
-    return [_render_utterance(job, utt) for utt in range(job.preset.utterances_per_speaker)]
+    return [_render_utterance(job, utt) for utt in range(job.preset.utterances_for(job.speaker.split))]
 
 
 @contextlib.contextmanager

@@ -129,8 +129,9 @@ def test_lightning_set_epoch_reaches_the_batch_sampler(dataset: UtteranceDataset
 
 def test_collate_evaluation_task_and_chunks(dataset: UtteranceDataset) -> None:
     task = make_evaluation_tasks(speakers(), pool_size=2, eval_size=None, seed=0)[1]
-    pool, evaluation, name = collate_evaluation_task(dataset, task)
-    assert name == "spk1" and isinstance(pool, TaskBatch)
+    item = collate_evaluation_task(dataset, task)
+    pool, evaluation = item.pool, item.evaluation
+    assert item.task == "spk1" and isinstance(pool, TaskBatch) and item.oracle is None
     assert (pool.num_tasks, pool.examples_per_task) == (1, 2)
     assert (evaluation.num_tasks, evaluation.examples_per_task) == (1, PER_SPEAKER - 2)
     assert not set(pool.ids[0]) & set(evaluation.ids[0])
@@ -138,3 +139,15 @@ def test_collate_evaluation_task_and_chunks(dataset: UtteranceDataset) -> None:
     assert [c.examples_per_task for c in chunks] == [3, 1]
     assert [i for c in chunks for i in c.ids[0]] == evaluation.ids[0]
     assert chunks[1].inputs[0].shape[2] == int(chunks[1].inputs[1].max())  # padded to its own longest
+
+
+def test_the_oracle_pool_holds_the_few_shot_pool_and_more_never_the_evaluation_set(dataset: UtteranceDataset) -> None:
+    plain = make_evaluation_tasks(speakers(), pool_size=2, eval_size=None, seed=0)[1]
+    task = make_evaluation_tasks(speakers(), pool_size=2, eval_size=None, seed=0, oracle_pool_size=4)[1]
+    assert task.pool == plain.pool and task.oracle[:2] == task.pool and len(task.oracle) == 4
+    assert not set(task.oracle) & set(task.evaluation) and len(task.evaluation) == PER_SPEAKER - 4
+    item = collate_evaluation_task(dataset, task)
+    assert item.oracle is not None and item.oracle.examples_per_task == 4
+    assert item.oracle.ids[0][:2] == item.pool.ids[0]
+    with pytest.raises(ValueError, match="oracle_pool_size"):
+        make_evaluation_tasks(speakers(), pool_size=2, eval_size=None, seed=0, oracle_pool_size=2)

@@ -19,7 +19,9 @@ def _report(errors_after: int) -> AdaptationReport:
         score_utterance("b", 1, 0, "v", "five six", "five six"),
         score_utterance("b", 1, 2, "v", "five six", "five six"),
     ]
-    return AdaptationReport(records, groups={"a": "seen accent", "b": "unseen accent"})
+    oracle = [score_utterance("a", 4, 3, "u", "one two three four", "one two three four"),
+              score_utterance("b", 4, 3, "v", "five six", "five six")]
+    return AdaptationReport(records, groups={"a": "seen accent", "b": "unseen accent"}, oracle=oracle)
 
 
 def test_summary_averages_seeds_and_reports_each_group() -> None:
@@ -33,7 +35,10 @@ def test_summary_averages_seeds_and_reports_each_group() -> None:
     assert seen[2]["wer"] == pytest.approx((0 + 0.5) / 2) and seen[2]["speakers"] == 1
     text = markdown_report(rows)
     assert "**All held-out speakers** (2 speakers)" in text and "**Held-out speakers, unseen accent** (1 speakers)" in text
-    assert "| 1 | 2 | 16.7 ± 16.7 (+50.0) |" in text
+    # The oracle is perfect: seed 0 closes the whole gap (100 %), seed 1 none of it (0 %).
+    assert overall[(1, 2)]["gap_closed"] == pytest.approx(0.5) and overall[(1, 2)]["oracle_wer"] == 0.0
+    assert "| 1 | 2 | 16.7 ± 16.7 (+50.0; 0 %; 50 %) |" in text
+    assert "| oracle | | 0.0 |" in text
 
 
 def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:

@@ -170,6 +170,7 @@ def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_e
         if key == "test/speaker_table":
             assert table["columns"] == ["speaker", "k", "s", "wer", "cer", "words"]
             assert {row[0] for row in table["data"]} == speakers
+    assert history["test/decomposition_table"][0]["nrows"] >= len(TEST_SHOTS) * len(TEST_STEPS)
     adaptation = json.loads((run_dir / "files" / history["test/adaptation_table"][0]["path"]).read_text())
     assert {"shots", "steps", "wer", "cer", "relative_wer_reduction"} <= set(adaptation["columns"])
 
@@ -239,6 +240,7 @@ def test_report_tables_curves_and_audio_captions_from_records() -> None:
     report = _hand_made_report()
     tables = report_tables(report)
     assert len(tables["adaptation_table"]) == 4 and len(tables["speaker_table"]) == 8
+    assert [r["condition"] for r in tables["decomposition_table"]] == ["k=1 s=0", "k=1 s=2", "k=3 s=0", "k=3 s=2"]
     assert tables["speaker_table"][0] == {"speaker": "spk-a", "k": 1, "s": 0, "wer": pytest.approx(2 / 3), "cer": pytest.approx(7 / 11), "words": 6}
     assert report.curves() == {1: [(0, pytest.approx(2 / 3)), (2, 0.0)], 3: [(0, pytest.approx(2 / 3)), (2, 0.0)]}
     assert [r["s"] for r in tables["adaptation_curve"]] == [0, 2, 0, 2]

@@ -1,0 +1,69 @@
+"""The speaker oracle (metaspeech.oracle) and the share of the speaker gap closed in the report."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from metaspeech.algorithms import FOMAML
+from metaspeech.evaluation import AdaptationReport, UtteranceRecord
+from metaspeech.oracle import SpeakerOracle
+
+
+def _record(task: str, shots: int, steps: int, errors: int, words: int = 10) -> UtteranceRecord:
+    return UtteranceRecord(task, shots, steps, "u", "ref", "hyp", errors, words, errors, words)
+
+
+def test_gap_closed_is_the_share_of_the_way_from_no_adaptation_to_the_oracle() -> None:
+    records = [_record("a", 5, 0, 6), _record("b", 5, 0, 4), _record("a", 5, 5, 4), _record("b", 5, 5, 3)]
+    oracle = [_record("a", 30, 20, 2), _record("b", 30, 10, 2)]
+    report = AdaptationReport(records, groups={"a": "seen accent", "b": "unseen accent"}, oracle=oracle)
+    cells = {(c.shots, c.steps): c for c in report.conditions()}
+    # s=0: 10/20 = 50 %, adapted: 7/20 = 35 %, oracle: 4/20 = 20 %: (50 - 35) / (50 - 20) = 0.5.
+    assert cells[(5, 5)].oracle_wer == pytest.approx(0.2)
+    assert cells[(5, 5)].gap_closed == pytest.approx(0.5)
+    assert cells[(5, 0)].gap_closed == pytest.approx(0.0)
+    seen = report.subset("seen accent").conditions()[1]
+    assert seen.gap_closed == pytest.approx((0.6 - 0.4) / (0.6 - 0.2))
+    assert "Speaker oracle" in report.render() and "gap closed" in report.render()
+
+
+def test_gap_closed_is_undefined_without_an_oracle_or_when_the_oracle_is_no_better(tmp_path) -> None:
+    records = [_record("a", 5, 0, 6), _record("a", 5, 5, 4)]
+    assert math.isnan(AdaptationReport(records).conditions()[1].gap_closed)
+    worse_oracle = AdaptationReport(records, oracle=[_record("a", 30, 0, 7)])
+    assert math.isnan(worse_oracle.conditions()[1].gap_closed)
+    report = AdaptationReport(records, oracle=[_record("a", 30, 5, 1)])
+    loaded = AdaptationReport.load(report.write(tmp_path)["json"])
+    assert loaded.conditions()[1].gap_closed == pytest.approx(report.conditions()[1].gap_closed)
+
+
+def test_the_oracle_fine_tunes_copies_early_stops_and_picks_a_scope(tiny_data, tiny_module) -> None:
+    data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
+    data.setup("test")
+    item = next(iter(data.test_dataloader()))
+    assert item.oracle is not None and item.oracle.examples_per_task == 8
+    module = tiny_module(FOMAML()).eval()
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    oracle = SpeakerOracle(scopes=["head", "all"], max_steps=30, lr=3e-3, eval_every=5)
+    fit = oracle.fit(module.model, module.learner.loss, item.oracle)
+    assert fit.scope in ("head", "all") and fit.training_utterances == 6  # 2 of 8 held out for early stopping
+    assert fit.steps > 0 and fit.steps % 5 == 0
+    start = SpeakerOracle(scopes=[fit.scope], max_steps=0).fit(module.model, module.learner.loss, item.oracle)
+    assert start.steps == 0 and fit.dev_loss < start.dev_loss
+    assert all(torch.equal(before[n], p) for n, p in module.model.named_parameters())
+
+
+def test_the_test_report_carries_the_oracle_of_every_held_out_speaker(tiny_data, tiny_module, tiny_trainer) -> None:
+    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 2],
+                         oracle=SpeakerOracle(scopes=["head"], max_steps=10, eval_every=5))
+    data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
+    tiny_trainer(max_steps=2, limit_val_batches=0).test(module, datamodule=data)
+    report = module.last_report
+    speakers = {r.task for r in report.records}
+    assert {r.task for r in report.oracle} == speakers and {r.shots for r in report.oracle} == {8}
+    assert report.settings["oracle"]["chosen_scopes"] == {"head": len(speakers)}
+    for c in report.conditions():
+        assert c.oracle_wer == pytest.approx(sum(r.word_errors for r in report.oracle) / sum(r.words for r in report.oracle))
