@@ -50,11 +50,11 @@ def main() -> None:
         print(f"wrote {summary['json']}, {summary['plot']}")
         return
 
-    overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, *extra]
+    overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", str(REPO / "configs/protocol.yaml"), *extra]
     start = time.perf_counter()
     summary = run_comparison(
         [str(REPO / "configs" / f"{name}.yaml") for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),
-        Path(args.output), args.seeds, overrides, base_config=str(REPO / "configs/joint.yaml"), base_steps=args.base_steps,
+        Path(args.output), args.seeds, overrides, base_config=str(REPO / "configs/base.yaml"), base_steps=args.base_steps,
     )
     print(summary["table"])
     print(f"wrote {summary['json']}, {summary['plot']} in {(time.perf_counter() - start) / 60:.1f} min")

@@ -102,7 +102,7 @@ def compare(argv: list[str]) -> int:
     parser.add_argument("--output", default="results/compare")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--base_steps", type=int, default=0, help="outer steps of a shared joint-trained start (0: none)")
-    parser.add_argument("--base_config", default="configs/joint.yaml")
+    parser.add_argument("--base_config", default="configs/base.yaml")
     args, unknown = parser.parse_known_args(argv)
     from metaspeech.experiment import run_comparison
 
@@ -131,8 +131,9 @@ def demo(argv: list[str]) -> int:
 
     summary = run_comparison(
         [f"configs/{args.algorithm}.yaml", "configs/joint.yaml"], f"configs/data/embedded_{args.preset}.yaml",
-        "configs/trainer/cpu.yaml", Path(args.output), args.seeds, [f"--trainer.max_steps={args.steps}", *QUICK_RUN, *unknown],
-        base_config="configs/joint.yaml", base_steps=args.base_steps,
+        "configs/trainer/cpu.yaml", Path(args.output), args.seeds,
+        [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", "configs/protocol.yaml", *unknown],
+        base_config="configs/base.yaml", base_steps=args.base_steps,
     )
     print(summary["table"])
     print(f"tables and plot: {summary['json'].parent}")

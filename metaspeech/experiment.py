@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from metaspeech.lightning_cli import build_cli
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
@@ -52,7 +53,10 @@ def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: 
     """fit + test one configuration; returns its evaluation report."""
     cli = _cli(algorithm_config, data_config, trainer_config, root, seed, overrides)
     print(f"{Path(algorithm_config).stem}: meta-training, seed {seed}", flush=True)
+    start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.model.protocol_settings["budget"] = {"outer_steps": cli.trainer.global_step,
+                                             "train_seconds": round(time.perf_counter() - start, 1)}
     print(f"{Path(algorithm_config).stem}: adaptation protocol on the held-out speakers", flush=True)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # the adaptation table is the result
     assert cli.model.last_report is not None
@@ -135,8 +139,17 @@ def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str,
                 "adaptation_seconds": statistics.mean(c.adaptation_seconds for c in conditions),
                 "speakers": conditions[0].speakers,
                 "seeds": len(conditions),
+                **_budget(by_seed.values()),
             })
     return rows
+
+
+def _budget(reports: Iterable[AdaptationReport]) -> dict[str, float]:
+    """Mean outer steps and training seconds over seeds (what each algorithm spent), when recorded."""
+    budgets = [r.settings["budget"] for r in reports if "budget" in r.settings]
+    if not budgets:
+        return {}
+    return {key: statistics.mean(b[key] for b in budgets) for key in ("outer_steps", "train_seconds")}
 
 
 def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
@@ -147,11 +160,13 @@ def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
     grid = {(r["algorithm"], r["shots"], r["steps"]): r for r in rows}
     conditions = sorted({(r["shots"], r["steps"]) for r in rows})
     seeds = {a: max(r["seeds"] for r in rows if r["algorithm"] == a) for a in algorithms}
-    header = "| k | steps | " + " | ".join(f"{a} WER % (rel. red.; spk worse; gap closed), {seeds[a]} seed(s)" for a in algorithms) + " |"
+    header = "| k (speech) | steps | " + " | ".join(f"{a} WER % (rel. red.; spk worse; gap closed), {seeds[a]} seed(s)" for a in algorithms) + " |"
     lines = [header, "|" + "---|" * (2 + len(algorithms))]
     for shots, steps in conditions:
         cells = ["-" if grid.get((a, shots, steps)) is None else _cell(grid[(a, shots, steps)]) for a in algorithms]
-        lines.append(f"| {shots} | {steps} | " + " | ".join(cells) + " |")
+        seconds = max(r.get("adaptation_seconds", 0.0) for r in rows if (r["shots"], r["steps"]) == (shots, steps))
+        k = f"{shots} ({seconds:.0f} s)" if seconds else str(shots)
+        lines.append(f"| {k} | {steps} | " + " | ".join(cells) + " |")
     oracles = [statistics.mean(r["oracle_wer"] for r in rows if r["algorithm"] == a) for a in algorithms]
     if any(o == o for o in oracles):
         lines.append("| oracle | | " + " | ".join("-" if o != o else f"{100 * o:.1f}" for o in oracles) + " |")
@@ -175,6 +190,10 @@ def markdown_report(rows: list[dict[str, Any]]) -> str:
         speakers = next(r["speakers"] for r in rows if r.get("group", "all") == group)
         title = {"all": "All held-out speakers", SEEN_SPEAKERS: "Training speakers, new sentences"}.get(group, f"Held-out speakers, {group}")
         parts.append(f"**{title}** ({speakers} speakers)\n\n{markdown_table(rows, group)}")
+    budgets = {r["algorithm"]: r for r in rows if "train_seconds" in r}
+    if budgets:
+        spent = "; ".join(f"{a}: {r['outer_steps']:.0f} outer steps, {r['train_seconds'] / 60:.1f} min" for a, r in budgets.items())
+        parts.insert(0, f"Budget from the shared start (mean over seeds): {spent}.")
     return "\n\n".join(parts)
 
 
