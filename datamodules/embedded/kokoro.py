@@ -31,6 +31,21 @@ SAMPLE_RATE = 24000
 """What Kokoro renders at."""
 
 
+def _onnxruntime():
+    """The onnxruntime module, or the error saying which extra to install."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise KokoroAssetError(f"the Kokoro engine needs onnxruntime ({err}); {INSTALL_HINT}") from err
+    return onnxruntime
+
+
+def check_installed() -> None:
+    """Raise ``KokoroAssetError`` unless onnxruntime and the (intact) model are installed; before starting workers."""
+    _onnxruntime()
+    load_model_bytes()
+
+
 def blend_voices(tables: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """The weighted average of voice tables (weights are normalized to sum to 1; each must be positive)."""
     if len(tables) != len(weights) or not tables:
@@ -54,10 +69,7 @@ class KokoroSynthesizer:
     """
 
     def __init__(self, num_threads: int | None = None) -> None:
-        try:
-            import onnxruntime
-        except ImportError as err:
-            raise KokoroAssetError(f"the Kokoro engine needs onnxruntime ({err}); {INSTALL_HINT}") from err
+        onnxruntime = _onnxruntime()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, num_threads or os.cpu_count() or 1)
         options.inter_op_num_threads = 1

@@ -47,8 +47,8 @@ from metaspeech.datamodules.embedded.generate import (
     read_json,
     write_json,
 )
-from metaspeech.datamodules.embedded.kokoro import SAMPLE_RATE, KokoroSynthesizer
-from metaspeech.datamodules.embedded.kokoro_assets import MODEL_SHA256, fetch_voices, load_model_bytes
+from metaspeech.datamodules.embedded.kokoro import SAMPLE_RATE, KokoroSynthesizer, check_installed
+from metaspeech.datamodules.embedded.kokoro_assets import MODEL_SHA256, fetch_voices
 from metaspeech.datamodules.embedded.kokoro_speakers import KokoroSpeakerSpec, make_kokoro_speakers
 from metaspeech.datamodules.embedded.sentences import make_sentence
 from metaspeech.manifest import Utterance, write_manifest
@@ -122,16 +122,17 @@ def _render_in_worker(job: UtteranceJob) -> None:
 
 def _render_pending(jobs: Sequence[UtteranceJob], num_workers: int, num_threads: int, description: str) -> None:
     """Render ``jobs`` in this process or in ``num_workers`` processes; shows utterances done and time left."""
-    with progress(description, total=len(jobs)) as advance:
-        if num_workers <= 1:
-            synthesizer = KokoroSynthesizer(num_threads)
+    if num_workers <= 1:
+        synthesizer = KokoroSynthesizer(num_threads)
+        with progress(description, total=len(jobs)) as advance:
             for job in jobs:
                 render_utterance(job, synthesizer)
                 advance(1)
-            return
-        load_model_bytes()  # fail here, with the message, rather than in every worker
-        # "spawn": workers start clean (no inherited eSpeak, torch or onnxruntime thread state).
-        context = multiprocessing.get_context("spawn")
+        return
+    check_installed()  # fail here, with the message, rather than in every worker
+    # "spawn": workers start clean (no inherited eSpeak, torch or onnxruntime thread state).
+    context = multiprocessing.get_context("spawn")
+    with progress(description, total=len(jobs)) as advance:
         with context.Pool(num_workers, initializer=_init_worker, initargs=(num_threads,)) as pool:
             for _ in pool.imap_unordered(_render_in_worker, jobs, chunksize=1):
                 advance(1)

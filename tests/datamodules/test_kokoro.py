@@ -90,6 +90,20 @@ def tiny_corpus(voices: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return root, result
 
 
+@pytest.fixture(scope="module")
+def micro_manifest(voices: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-utterance Kokoro corpus rendered in this process, one thread."""
+    return generate_corpus(tmp_path_factory.mktemp("micro"), MICRO, seed=0, num_workers=1, num_threads=1)
+
+
+def same_wavs(manifest: Path, reference: Path) -> bool:
+    """Whether two corpora hold the same manifest and byte-identical WAVs."""
+    wavs = sorted(p.relative_to(manifest.parent) for p in manifest.parent.rglob("*.wav"))
+    return manifest.read_bytes() == reference.read_bytes() and len(wavs) == MICRO.num_utterances and all(
+        (manifest.parent / w).read_bytes() == (reference.parent / w).read_bytes() for w in wavs
+    )
+
+
 # --- phonemes ---------------------------------------------------------------------
 
 
@@ -329,7 +343,14 @@ def test_embedded_corpus_loads_a_kokoro_preset(tiny_corpus, tmp_path: Path) -> N
 
 
 @requires_model
-def test_a_killed_run_resumes_without_redoing_finished_utterances(voices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_processes_write_the_same_corpus(micro_manifest: Path, tmp_path: Path) -> None:
+    assert same_wavs(generate_corpus(tmp_path, MICRO, seed=0, num_workers=2, num_threads=1), micro_manifest)
+
+
+@requires_model
+def test_a_killed_run_resumes_without_redoing_finished_utterances(
+    micro_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     render = kokoro_corpus.render_utterance
     calls: list[str] = []
 
@@ -358,6 +379,7 @@ def test_a_killed_run_resumes_without_redoing_finished_utterances(voices, tmp_pa
     assert len(read_manifest(manifest)) == MICRO.num_utterances
     assert (directory / "corpus.json").is_file() and not (directory / kokoro_corpus.PARTIAL_NAME).exists()
     assert not list(directory.rglob("*.partial"))
+    assert same_wavs(manifest, micro_manifest)  # as if it had never been interrupted
     calls.clear()
     assert generate_corpus(tmp_path, MICRO, seed=0) == manifest and calls == []
 
