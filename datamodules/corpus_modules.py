@@ -31,34 +31,43 @@ EMBEDDED_ALPHABET = "abcdefghijklmnopqrstuvwxyz' "
 
 
 class EmbeddedCorpus(EpisodicDataModule):
-    """The embedded eSpeak NG corpus, synthesized on first use (deterministic, cached).
+    """The embedded corpus (eSpeak NG or Kokoro-82M by preset), synthesized on first use (deterministic, cached).
 
     Args:
-        preset: ``tiny`` (tests), ``small`` (the main job), ``full``.
-        root: folder for generated corpora.
+        preset: eSpeak's ``tiny`` (tests), ``small`` (the main job), ``full``;
+            Kokoro's ``kokoro-tiny``, ``kokoro-small`` (needs the ``kokoro`` extra and npm).
+        root: folder for generated corpora (default: ``data/embedded`` for eSpeak,
+            the user cache for Kokoro, whose corpora take long to remake).
         corpus_seed: seed of the synthesis (speakers, sentences, channels).
         generation_workers: processes for synthesis (default: all cores).
+        generation_threads: onnxruntime threads per process (Kokoro; default: the cores shared among the processes).
     """
 
     def __init__(
         self,
         preset: str = "small",
-        root: str = "data/embedded",
+        root: str | None = None,
         corpus_seed: int = 0,
         generation_workers: int | None = None,
+        generation_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.preset, self.root, self.corpus_seed = preset, root, corpus_seed
-        self.generation_workers = generation_workers
+        self.generation_workers, self.generation_threads = generation_workers, generation_threads
+
+    def _generate(self) -> Path:
+        return generate_corpus(
+            self.root, self.preset, seed=self.corpus_seed,
+            num_workers=self.generation_workers, num_threads=self.generation_threads,
+        )  # fmt: skip
 
     def prepare_corpus(self) -> None:
-        generate_corpus(self.root, self.preset, seed=self.corpus_seed, num_workers=self.generation_workers)
+        self._generate()
 
     def load_rows(self) -> list[Utterance]:
         # generate_corpus returns at once when the corpus is cached (normally by prepare_data).
-        manifest = generate_corpus(self.root, self.preset, seed=self.corpus_seed, num_workers=self.generation_workers)
-        return read_manifest(manifest)
+        return read_manifest(self._generate())
 
     def build_tokenizer(self) -> CharTokenizer:
         """The synthesized text only uses ``[a-z' ]``: a fixed alphabet, known before any audio exists."""

@@ -38,16 +38,21 @@ def run_command(argv: list[str]) -> int:
 
 @command("generate")
 def generate(argv: list[str]) -> int:
-    """Synthesize the embedded corpus (cached: a second run returns at once)."""
-    parser = argparse.ArgumentParser(prog="metaspeech generate", description=generate.__doc__)
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"])
-    parser.add_argument("--root", default="data/embedded")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    from metaspeech.datamodules.embedded import generate_corpus
+    """Synthesize the embedded corpus (cached: a second run returns at once; Kokoro resumes after a kill)."""
+    from metaspeech.datamodules.embedded.generate import ENGINES, PRESETS
 
-    print(generate_corpus(args.root, args.preset, seed=args.seed, num_workers=args.workers))
+    parser = argparse.ArgumentParser(prog="metaspeech generate", description=generate.__doc__)
+    parser.add_argument("--engine", default=None, choices=ENGINES, help="default: the preset's engine (eSpeak for tiny)")
+    parser.add_argument("--preset", default=None, choices=list(PRESETS), help="default: tiny, or kokoro-tiny with --engine kokoro")
+    parser.add_argument("--root", default=None, help="default: data/embedded for eSpeak, the user cache for Kokoro")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: every CPU for large corpora)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads per process (Kokoro)")
+    args = parser.parse_args(argv)
+    from metaspeech.datamodules.embedded.generate import generate_corpus, preset_for_engine
+
+    preset = preset_for_engine(args.engine, args.preset)
+    print(generate_corpus(args.root, preset, seed=args.seed, num_workers=args.workers, num_threads=args.threads))
     return 0
 
 
@@ -121,7 +126,7 @@ def demo(argv: list[str]) -> int:
     both are tested on held-out speakers and printed side by side (the protocol of benchmarks/adaptation.py)."""
     parser = argparse.ArgumentParser(prog="metaspeech demo", description=demo.__doc__)
     parser.add_argument("--algorithm", default="fomaml", help="an algorithm config name under configs/")
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "full", "kokoro-small"])
     parser.add_argument("--base_steps", type=int, default=500, help="joint-training steps of the shared start")
     parser.add_argument("--steps", type=int, default=60, help="outer steps each algorithm gets from the shared start")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -130,7 +135,7 @@ def demo(argv: list[str]) -> int:
     from metaspeech.experiment import QUICK_RUN, run_comparison
 
     summary = run_comparison(
-        [f"configs/{args.algorithm}.yaml", "configs/joint.yaml"], f"configs/data/embedded_{args.preset}.yaml",
+        [f"configs/{args.algorithm}.yaml", "configs/joint.yaml"], f"configs/data/embedded_{args.preset.replace('-', '_')}.yaml",
         "configs/trainer/cpu.yaml", Path(args.output), args.seeds,
         [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", "configs/protocol.yaml", *unknown],
         base_config="configs/base.yaml", base_steps=args.base_steps,

@@ -1,9 +1,12 @@
-"""The embedded corpus: multi-speaker, multi-accent English synthesized with eSpeak NG.
+"""The embedded corpus: multi-speaker, multi-accent English synthesized with eSpeak NG or Kokoro-82M.
 
 ``generate_corpus(root, preset, seed)`` writes 16 kHz WAVs and a manifest and
-returns the manifest path; see :mod:`.generate` for the layout and guarantees.
+returns the manifest path; see :mod:`.generate` for the layout and guarantees,
+and :mod:`.kokoro_corpus` for the Kokoro engine (presets ``kokoro-tiny``,
+``kokoro-small``: neural voices, blended into new speakers; resumable).
 
-The command line is ``metaspeech generate --preset small --root data/embedded``.
+The command line is ``metaspeech generate --preset small --root data/embedded``
+or ``metaspeech generate --engine kokoro --preset kokoro-tiny``.
 The generator is imported lazily: ``import metaspeech.datamodules`` stays light.
 """
 
@@ -13,8 +16,8 @@ from typing import Any
 
 from metaspeech.datamodules.embedded.speakers import SpeakerSpec, make_speakers
 
-__all__ = ["PRESETS", "CorpusPreset", "SpeakerSpec", "corpus_dir", "generate_corpus", "make_speakers"]
-_FROM_GENERATE = ("PRESETS", "CorpusPreset", "corpus_dir", "generate_corpus")
+__all__ = ["PRESETS", "CorpusPreset", "KokoroPreset", "SpeakerSpec", "corpus_dir", "generate_corpus", "make_speakers"]
+_FROM_GENERATE = ("PRESETS", "CorpusPreset", "KokoroPreset", "corpus_dir", "generate_corpus")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,9 @@
 """A small ctypes binding to eSpeak NG, loaded from the pip package ``espeakng_loader``.
 
+It speaks (:func:`synthesize`, the eSpeak engine) and transcribes text to IPA
+phonemes (:func:`phonemize`, the Kokoro engine's front end, so that engine needs
+no phonemizer package either).
+
 Why ctypes and not the ``espeak-ng`` program: the pip wheel ships only the shared
 library and its voice data, so the embedded corpus needs no system packages.
 
@@ -39,6 +43,11 @@ POS_CHARACTER = 1
 ESPEAK_CHARS_UTF8 = 1
 # espeak_ERROR
 EE_OK = 0
+# espeak_TextToPhonemes phoneme mode: IPA, with a tie character (bits 8-23) joining
+# the letters of one multi-letter phoneme (diphthongs, affricates).
+PHONEMES_IPA = 0x02
+PHONEMES_TIE = 0x80
+PHONEME_TIE = "^"
 
 NATIVE_SAMPLE_RATE = 22050
 """What eSpeak NG renders at; :func:`synthesize` returns the rate the library reports."""
@@ -118,6 +127,8 @@ def _declare_signatures(lib: ctypes.CDLL) -> None:
     lib.espeak_Terminate.restype = ctypes.c_int
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     lib.espeak_ng_SetRandSeed.restype = None
+    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
 
 
 class _Session:
@@ -171,6 +182,17 @@ class _Session:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(self.chunks).astype(np.float32) / 32768.0
 
+    def phonemes(self, text: str) -> str:
+        """IPA of ``text``, one clause per ``espeak_TextToPhonemes`` call (it advances the pointer)."""
+        mode = PHONEMES_IPA | PHONEMES_TIE | (ord(PHONEME_TIE) << 8)
+        data = ctypes.create_string_buffer(text.encode("utf-8"))
+        pointer = ctypes.c_void_p(ctypes.addressof(data))
+        clauses: list[str] = []
+        while pointer.value:
+            clause = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), ESPEAK_CHARS_UTF8, mode)
+            clauses.append((clause or b"").decode("utf-8").strip())
+        return " ".join(clause for clause in clauses if clause)
+
     def close(self, initialized: bool = True) -> None:
         if initialized:
             self.lib.espeak_Terminate()
@@ -195,3 +217,21 @@ def synthesize(
         finally:
             session.close()
     return samples, session.sample_rate
+
+
+def phonemize(text: str, accent: str = "en-us") -> str:
+    """IPA phonemes of ``text`` in eSpeak NG's ``accent`` (e.g. ``"en-gb-scotland"``), with stress marks.
+
+    The letters of a multi-letter phoneme are joined by ``PHONEME_TIE`` (``"a^ɪ"``,
+    ``"d^ʒ"``), so a caller can map diphthongs and affricates to single symbols.
+    Clauses are joined by a space. Raises ``RuntimeError`` naming the accent if
+    eSpeak does not know it.
+    """
+    with _LOCK:
+        session = _Session()
+        try:
+            session.set_voice(VoiceSettings(voice=accent))
+            phonemes = session.phonemes(text)
+        finally:
+            session.close()
+    return phonemes

@@ -1,4 +1,4 @@
-"""Generate the embedded multi-speaker, multi-accent corpus with eSpeak NG.
+"""Generate the embedded multi-speaker, multi-accent corpus with eSpeak NG (or, by preset, Kokoro-82M).
 
 Layout of ``root/<preset>-seed<seed>/``::
 
@@ -16,6 +16,9 @@ Why it is built this way:
   complete, so the call returns at once; without a stamp (an interrupted run)
   the corpus is generated again from scratch.
 - *Parallel over speakers with processes*: eSpeak is not thread-safe.
+
+The Kokoro engine's presets (``KokoroPreset``, e.g. ``kokoro-tiny``) write the
+same layout and manifest; :mod:`.kokoro_corpus` renders them, resumably.
 """
 
 from __future__ import annotations
@@ -27,15 +30,18 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
 
+from metaspeech.datamodules.embedded.cache import user_cache_dir
 from metaspeech.datamodules.embedded.channel import TARGET_SAMPLE_RATE, apply_channel
 from metaspeech.datamodules.embedded.espeak import synthesize
+from metaspeech.datamodules.embedded.kokoro_speakers import HELD_OUT_VOICES
 from metaspeech.datamodules.embedded.sentences import make_sentence
 from metaspeech.datamodules.embedded.speakers import HELD_OUT_ACCENTS, SpeakerSpec, make_speakers
+from metaspeech.errors import ConfigError
 from metaspeech.manifest import Utterance, write_manifest
 from metaspeech.progress import progress
 
@@ -46,7 +52,7 @@ MANIFEST_NAME = "manifest.jsonl"
 STAMP_NAME = "corpus.json"
 
 # Purpose tags that keep the random streams of one (speaker, utterance) independent.
-_TEXT, _VOICE, _ROOM, _NOISE = 0, 1, 2, 3
+TEXT_STREAM, VOICE_STREAM, ROOM_STREAM, NOISE_STREAM = 0, 1, 2, 3
 # Below this many utterances, starting worker processes costs more than it saves.
 _MIN_UTTERANCES_FOR_WORKERS = 400
 
@@ -66,6 +72,7 @@ class CorpusPreset:
     held_out_utterances: int | None = None
     """Utterances per val/test speaker (None: ``utterances_per_speaker``). Held-out speakers need more
     than the few-shot pool and the evaluation set: the speaker oracle fine-tunes on a large pool of each."""
+    engine: ClassVar[str] = "espeak"
 
     @property
     def num_speakers(self) -> int:
@@ -82,6 +89,14 @@ class CorpusPreset:
         return self.num_train * self.utterances_per_speaker + (self.num_val + self.num_test) * self.utterances_for("test")
 
 
+@dataclass(frozen=True)
+class KokoroPreset(CorpusPreset):
+    """A corpus of the Kokoro engine; val/test speakers blend only ``held_out_voices`` (see :mod:`.kokoro_speakers`)."""
+
+    held_out_voices: tuple[str, ...] = HELD_OUT_VOICES
+    engine: ClassVar[str] = "kokoro"
+
+
 PRESETS: dict[str, CorpusPreset] = {
     # Seconds on two cores: for tests, smoke runs and notebooks.
     "tiny": CorpusPreset("tiny", 12, 3, 3, 12, min_words=3, max_words=5),
@@ -90,7 +105,13 @@ PRESETS: dict[str, CorpusPreset] = {
     "small": CorpusPreset("small", 200, 20, 20, 36, held_out_utterances=50),
     # For longer experiments.
     "full": CorpusPreset("full", 320, 30, 50, 40),
+    # Kokoro-82M, about half a minute on two cores: CI's check of the engine.
+    "kokoro-tiny": KokoroPreset("kokoro-tiny", 4, 1, 1, 3, min_words=3, max_words=5),
+    # Kokoro-82M, 20-40 minutes on two cores (BENCHMARKS.md, "Corpus realism"): training on human-like speech.
+    "kokoro-small": KokoroPreset("kokoro-small", 36, 4, 8, 24),
 }
+ENGINES = ("espeak", "kokoro")
+DEFAULT_PRESETS = {"espeak": "tiny", "kokoro": "kokoro-tiny"}
 
 
 def resolve_preset(preset: str | CorpusPreset) -> CorpusPreset:
@@ -102,32 +123,62 @@ def resolve_preset(preset: str | CorpusPreset) -> CorpusPreset:
     return PRESETS[preset]
 
 
-def corpus_dir(root: str | Path, preset: str | CorpusPreset = "tiny", seed: int = 0) -> Path:
-    """Where ``generate_corpus`` puts a corpus: ``root/<preset>-seed<seed>``."""
-    return Path(root).resolve() / f"{resolve_preset(preset).name}-seed{seed}"
+def preset_for_engine(engine: str | None, preset: str | None) -> CorpusPreset:
+    """The preset a command line asks for: ``preset`` (checked against ``engine``), else the engine's default."""
+    if engine is not None and engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    resolved = resolve_preset(preset or DEFAULT_PRESETS[engine or "espeak"])
+    if engine is not None and resolved.engine != engine:
+        names = ", ".join(name for name, p in PRESETS.items() if p.engine == engine)
+        raise ConfigError(f"preset {resolved.name!r} belongs to the {resolved.engine} engine; with --engine {engine} use {names}")
+    return resolved
 
 
-def _stamp(preset: CorpusPreset, seed: int) -> dict[str, Any]:
-    data = asdict(preset)
-    data["held_out_accents"] = list(preset.held_out_accents)
+def default_root(preset: str | CorpusPreset) -> Path:
+    """Where corpora go without a ``root``: ``data/embedded`` for eSpeak (seconds to remake), the user cache for Kokoro."""
+    if resolve_preset(preset).engine == "kokoro":
+        return user_cache_dir() / "corpora"
+    return Path("data/embedded")
+
+
+def corpus_dir(root: str | Path | None, preset: str | CorpusPreset = "tiny", seed: int = 0) -> Path:
+    """Where ``generate_corpus`` puts a corpus: ``root/<preset>-seed<seed>`` (``root=None``: ``default_root``)."""
+    base = default_root(preset) if root is None else Path(root)
+    return base.resolve() / f"{resolve_preset(preset).name}-seed{seed}"
+
+
+def corpus_stamp(preset: CorpusPreset, seed: int, generator_version: int = GENERATOR_VERSION, **extra: Any) -> dict[str, Any]:
+    """What ``corpus.json`` says about a complete corpus; a cached corpus is reused only if it says exactly this."""
+    data = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(preset).items()}
     return {
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": generator_version,
         "preset": data,
         "seed": seed,
         "num_speakers": preset.num_speakers,
         "num_utterances": preset.num_utterances,
         "sample_rate": TARGET_SAMPLE_RATE,
+        **extra,
     }
 
 
-def _is_cached(directory: Path, expected: dict[str, Any]) -> bool:
-    stamp = directory / STAMP_NAME
-    if not stamp.is_file() or not (directory / MANIFEST_NAME).is_file():
-        return False
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None if it is missing or unreadable (a stamp cut short by a kill)."""
     try:
-        return json.loads(stamp.read_text(encoding="utf-8")) == expected
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return False
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a reader sees the old file or the whole new one."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def is_cached(directory: Path, expected: dict[str, Any]) -> bool:
+    """Whether ``directory`` holds a complete corpus made for exactly ``expected``."""
+    return (directory / MANIFEST_NAME).is_file() and read_json(directory / STAMP_NAME) == expected
 
 
 @dataclass(frozen=True)
@@ -144,13 +195,13 @@ class _SpeakerJob:
 def _render_utterance(job: _SpeakerJob, utt: int) -> Utterance:
     """Text, voice and channel for utterance ``utt`` of a speaker; writes its WAV."""
     spec, key = job.speaker, (job.seed, job.index, utt)
-    text = make_sentence(np.random.default_rng([*key, _TEXT]), job.preset.min_words, job.preset.max_words)
-    voice_seed = int(np.random.default_rng([*key, _VOICE]).integers(2**31 - 1))
+    text = make_sentence(np.random.default_rng([*key, TEXT_STREAM]), job.preset.min_words, job.preset.max_words)
+    voice_seed = int(np.random.default_rng([*key, VOICE_STREAM]).integers(2**31 - 1))
     samples, rate = synthesize(text, spec.voice, spec.pitch, spec.rate, seed=voice_seed)
     if samples.size == 0:
         raise RuntimeError(f"eSpeak NG produced no audio for {text!r} with voice {spec.voice!r}")
     audio = apply_channel(
-        samples, rate, spec.channel, room_seed=[job.seed, job.index, _ROOM], noise_seed=[*key, _NOISE]
+        samples, rate, spec.channel, room_seed=[job.seed, job.index, ROOM_STREAM], noise_seed=[*key, NOISE_STREAM]
     )
     utt_id = f"{spec.speaker_id}-{utt:03d}"
     path = job.directory / "wav" / spec.speaker_id / f"{utt_id}.wav"
@@ -209,28 +260,36 @@ def _default_workers(preset: CorpusPreset) -> int:
 
 
 def generate_corpus(
-    root: str | Path,
+    root: str | Path | None,
     preset: str | CorpusPreset = "tiny",
     seed: int = 0,
     num_workers: int | None = None,
+    num_threads: int | None = None,
 ) -> Path:
     """Generate (or reuse) the embedded corpus and return its manifest path.
 
     Args:
         root: folder holding corpora; this one goes to ``root/<preset>-seed<seed>``.
-        preset: ``"tiny"`` (seconds), ``"small"`` (minutes), ``"full"``, or a ``CorpusPreset``.
+            ``None``: ``default_root(preset)`` (the user cache for Kokoro).
+        preset: eSpeak's ``"tiny"`` (seconds), ``"small"`` (minutes), ``"full"``;
+            Kokoro's ``"kokoro-tiny"``, ``"kokoro-small"``; or a ``CorpusPreset``.
         seed: the same seed gives a byte-identical manifest and identical audio.
-        num_workers: worker processes, one speaker at a time each; ``None`` uses
-            every CPU (and none for corpora too small to be worth it), ``0``/``1``
-            renders in this process.
+        num_workers: worker processes; ``None`` uses every CPU (and none for
+            corpora too small to be worth it), ``0``/``1`` renders in this process.
+        num_threads: onnxruntime threads per process (Kokoro only); ``None``
+            shares the CPUs among the processes.
     """
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     preset = resolve_preset(preset)
     directory = corpus_dir(root, preset, seed)
+    if preset.engine == "kokoro":
+        from metaspeech.datamodules.embedded.kokoro_corpus import generate_kokoro_corpus
+
+        return generate_kokoro_corpus(directory, preset, seed, num_workers, num_threads)
     manifest = directory / MANIFEST_NAME
-    expected = _stamp(preset, seed)
-    if _is_cached(directory, expected):
+    expected = corpus_stamp(preset, seed)
+    if is_cached(directory, expected):
         return manifest
     # Stale or partial: start from scratch so no file of an earlier run survives.
     (directory / STAMP_NAME).unlink(missing_ok=True)
@@ -245,7 +304,5 @@ def generate_corpus(
     workers = _default_workers(preset) if num_workers is None else num_workers
     rows = _render_all(jobs, min(workers, len(jobs)), f"Synthesizing the {preset.name} corpus (speakers)")
     write_manifest(rows, manifest, relative_to=directory)
-    stamp_tmp = directory / (STAMP_NAME + ".tmp")
-    stamp_tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    stamp_tmp.replace(directory / STAMP_NAME)
+    write_json(directory / STAMP_NAME, expected)
     return manifest

@@ -84,7 +84,8 @@ class SpeakerSpec:
         return row
 
 
-def _split_sizes(num_speakers: int, num_val: int | None, num_test: int | None) -> tuple[int, int, int]:
+def split_sizes(num_speakers: int, num_val: int | None, num_test: int | None) -> tuple[int, int, int]:
+    """(train, val, test) speaker counts; ``None`` means 10% (at least one)."""
     default = max(1, round(0.1 * num_speakers))
     num_val = default if num_val is None else num_val
     num_test = default if num_test is None else num_test
@@ -97,22 +98,22 @@ def _split_sizes(num_speakers: int, num_val: int | None, num_test: int | None) -
     return num_train, num_val, num_test
 
 
-def _cycle(options: Sequence[str], count: int, rng: np.random.Generator) -> list[str]:
-    """``count`` accents covering ``options`` as evenly as possible, in a seeded order."""
+def cycle_evenly(options: Sequence[str], count: int, rng: np.random.Generator) -> list[str]:
+    """``count`` values (accents, genders) covering ``options`` as evenly as possible, in a seeded order."""
     if count == 0:
         return []
     order = [options[i] for i in rng.permutation(len(options))]
     return [order[i % len(order)] for i in range(count)]
 
 
-def _split_accents(
+def split_accents(
     split: str, count: int, seen: Sequence[str], held_out: Sequence[str], rng: np.random.Generator
 ) -> list[str]:
     """Train gets seen accents only; val/test get held-out accents for half (rounded up) of their speakers."""
     if split == "train" or not held_out:
-        return _cycle(seen, count, rng)
+        return cycle_evenly(seen, count, rng)
     num_held = math.ceil(count / 2)
-    accents = _cycle(held_out, num_held, rng) + _cycle(seen, count - num_held, rng)
+    accents = cycle_evenly(held_out, num_held, rng) + cycle_evenly(seen, count - num_held, rng)
     return [accents[i] for i in rng.permutation(count)]
 
 
@@ -153,12 +154,12 @@ def make_speakers(
     seen = [a for a in accents if a not in set(held_out_accents)]
     if not seen:
         raise ValueError("every accent is held out; training speakers need at least one seen accent")
-    sizes = _split_sizes(num_speakers, num_val, num_test)
+    sizes = split_sizes(num_speakers, num_val, num_test)
     layout_rng = np.random.default_rng([seed, 0])
     width = max(3, len(str(num_speakers - 1)))
     speakers: list[SpeakerSpec] = []
     for split, count in zip(SPLITS, sizes):
-        for accent in _split_accents(split, count, seen, list(held_out_accents), layout_rng):
+        for accent in split_accents(split, count, seen, list(held_out_accents), layout_rng):
             index = len(speakers)
             rng = np.random.default_rng([seed, 1, index])
             speakers.append(_draw_speaker(f"spk{index:0{width}d}", accent, split, rng))
