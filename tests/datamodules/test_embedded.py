@@ -162,7 +162,9 @@ def test_presets_have_the_documented_shape() -> None:
     tiny, small = PRESETS["tiny"], PRESETS["small"]
     assert (tiny.num_train, tiny.num_val, tiny.num_test, tiny.utterances_per_speaker) == (12, 3, 3, 12)
     assert (tiny.min_words, tiny.max_words) == (3, 5)
-    assert (small.num_train, small.num_val, small.num_test, small.utterances_per_speaker) == (110, 10, 20, 24)
+    assert (small.num_train, small.num_val, small.num_test, small.utterances_per_speaker) == (200, 20, 20, 36)
+    assert small.utterances_for("train") == 36 and small.utterances_for("test") == small.utterances_for("val") == 50
+    assert small.num_utterances == 200 * 36 + 40 * 50
     assert PRESETS["full"].num_speakers == 400 and PRESETS["full"].utterances_per_speaker == 40
 
 
@@ -183,6 +185,20 @@ def test_corpus_layout_and_labels(micro_manifest: Path) -> None:
             assert key in row, key
         assert row["voice"] == f"{row['accent']}+{row['variant']}"
         assert is_valid_text(row["text"]) and 3 <= len(row["text"].split()) <= 4
+
+
+def test_held_out_speakers_can_have_more_utterances_than_training_speakers(tmp_path: Path, micro_manifest: Path) -> None:
+    preset = CorpusPreset("micro", num_train=3, num_val=2, num_test=2, utterances_per_speaker=3, min_words=3, max_words=4,
+                          held_out_utterances=5)
+    rows = read_manifest(generate_corpus(tmp_path, preset, seed=0, num_workers=1))
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[(row.label("split"), row.speaker)] += 1
+    assert {n for (split, _), n in counts.items() if split == "train"} == {3}
+    assert {n for (split, _), n in counts.items() if split != "train"} == {5}
+    assert len(rows) == preset.num_utterances == 3 * 3 + 4 * 5
+    first = {row.utterance_id: row.text for row in read_manifest(micro_manifest)}
+    assert all(first[r.utterance_id] == r.text for r in rows if r.utterance_id in first)  # the extra ones are appended
 
 
 def test_every_row_of_a_speaker_shares_its_voice_and_channel(micro_manifest: Path) -> None:
