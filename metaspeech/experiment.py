@@ -153,14 +153,14 @@ def _budget(reports: Iterable[AdaptationReport]) -> dict[str, float]:
 
 
 def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
-    """Side-by-side WER % (mean ± std over seeds; relative reduction vs s = 0, share of speakers made worse,
-    share of the gap to the speaker oracle closed) per algorithm, one line per (k, s), and the oracle's WER."""
+    """Side-by-side WER % (mean ± std over seeds; relative reduction vs s = 0, median per-speaker relative
+    reduction, share of speakers made worse, share of the gap to the speaker oracle closed) per algorithm, one line per (k, s), and the oracle's WER."""
     rows = [r for r in rows if r.get("group", "all") == group]
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
     grid = {(r["algorithm"], r["shots"], r["steps"]): r for r in rows}
     conditions = sorted({(r["shots"], r["steps"]) for r in rows})
     seeds = {a: max(r["seeds"] for r in rows if r["algorithm"] == a) for a in algorithms}
-    header = "| k (speech) | steps | " + " | ".join(f"{a} WER % (rel. red.; spk worse; gap closed), {seeds[a]} seed(s)" for a in algorithms) + " |"
+    header = "| k (speech) | steps | " + " | ".join(f"{a} WER % (rel. red.; median speaker rel. red.; speakers worse; gap to oracle closed), {seeds[a]} seed(s)" for a in algorithms) + " |"
     lines = [header, "|" + "---|" * (2 + len(algorithms))]
     for shots, steps in conditions:
         cells = ["-" if grid.get((a, shots, steps)) is None else _cell(grid[(a, shots, steps)]) for a in algorithms]
@@ -176,9 +176,10 @@ def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
 def _cell(row: dict[str, Any]) -> str:
     spread = f" ± {100 * row['wer_std']:.1f}" if row["seeds"] > 1 else ""
     gap = row.get("gap_closed", float("nan"))
-    details = [f"{100 * row['relative_wer_reduction']:+.1f}", f"{100 * row['speakers_worse']:.0f} %"]
+    details = [f"{100 * row['relative_wer_reduction']:+.1f}", f"median {100 * row.get('median_speaker_relative_reduction', 0.0):+.1f}",
+               f"{100 * row['speakers_worse']:.0f} % worse"]
     if gap == gap and row["steps"] > 0:
-        details.append(f"{100 * gap:.0f} %")
+        details.append(f"{100 * gap:.0f} % of gap")
     return f"{100 * row['wer']:.1f}{spread} ({'; '.join(details)})"
 
 

@@ -37,7 +37,7 @@ def test_summary_averages_seeds_and_reports_each_group() -> None:
     assert "**All held-out speakers** (2 speakers)" in text and "**Held-out speakers, unseen accent** (1 speakers)" in text
     # The oracle is perfect: seed 0 closes the whole gap (100 %), seed 1 none of it (0 %).
     assert overall[(1, 2)]["gap_closed"] == pytest.approx(0.5) and overall[(1, 2)]["oracle_wer"] == 0.0
-    assert "| 1 | 2 | 16.7 ± 16.7 (+50.0; 0 %; 50 %) |" in text
+    assert "| 1 | 2 | 16.7 ± 16.7 (+50.0; median +25.0; 0 % worse; 50 % of gap) |" in text
     assert "| oracle | | 0.0 |" in text
 
 
