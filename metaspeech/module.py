@@ -4,8 +4,8 @@ One training step is one meta-batch of T speaker-tasks. The algorithm plugin
 adapts on every support set and returns one outer loss; this module owns
 everything around it: the single ``manual_backward`` (so DDP averages
 meta-gradients exactly once), gradient clipping, optimizer and scheduler,
-skipping steps with non-finite losses or meta-gradients, fp16 inner-loop loss
-scaling, logging, the evaluation protocol and what goes into a checkpoint.
+skipping steps with non-finite losses or meta-gradients, passing the fp16 loss
+scale into the inner loop (an argument, :mod:`metaspeech.loss_scaling`), logging, the evaluation protocol and what goes into a checkpoint.
 
 Randomness in a training step (dropout) comes from a generator seeded by
 ``(run seed, global step, skipped steps, rank)`` inside the step, with the global
@@ -25,7 +25,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from metaspeech.algorithms.base import InnerGradientOverflowError, MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.algorithms.inner_loop import InnerLoop
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.ctc import greedy_decode
@@ -33,6 +34,7 @@ from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
+from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale, retry_at_smaller_scales
 from metaspeech.losses import CTCLoss
 from metaspeech.models.staged import StagedModel
 from metaspeech.protocol import AdaptationEvaluator
@@ -228,11 +230,10 @@ class MetaSpeechModule(L.LightningModule):
         # Clear gradients before the plugin runs: a plugin may write ``.grad`` by hand in
         # ``outer_loss`` (then calling ``MetaAlgorithm.all_reduce_gradients``); those must survive.
         optimizer.zero_grad(set_to_none=True)
-        scaler = self._grad_scaler()
-        self.algorithm.inner_loss_scale = scaler.get_scale() if scaler is not None else 1.0
+        scaler = grad_scaler(self._trainer)
         if self.augmentation is not None:
             batch = self.augmentation(batch)  # inside the step's seeded RNG: reproducible, resumes exactly
-        result = self._backward_in_chunks(batch)
+        result = self._backward_in_chunks(batch, loss_scale(scaler))
         if result is None:
             self._skip_step(scaler)
             return
@@ -247,7 +248,7 @@ class MetaSpeechModule(L.LightningModule):
         self.lr_schedulers().step()
         self._log_training(batch, result, batch_idx)
 
-    def _backward_in_chunks(self, batch: MetaBatch) -> OuterResult | None:
+    def _backward_in_chunks(self, batch: MetaBatch, scale: float) -> OuterResult | None:
         """Outer loss and meta-gradient of ``batch``, ``tasks_per_chunk`` tasks at a time; None to skip the step.
 
         Why chunks: second-order inner loops hold every task's double-backward graph until the
@@ -261,7 +262,7 @@ class MetaSpeechModule(L.LightningModule):
         chunks = batch.chunks(self.tasks_per_chunk) if self.tasks_per_chunk else [batch]
         results = []
         for index, chunk in enumerate(chunks):
-            result = self._outer_result(chunk)
+            result = self._outer_result(chunk, scale)
             finite = result is not None and bool(torch.isfinite(result.loss))
             if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
                 return None
@@ -295,18 +296,12 @@ class MetaSpeechModule(L.LightningModule):
         self.skipped_steps += 1
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
         if scaler is not None:
-            state = scaler.state_dict()
-            scaler.load_state_dict({**state, "scale": state["scale"] * state["backoff_factor"], "_growth_tracker": 0})
+            back_off(scaler)
 
-    def _grad_scaler(self) -> torch.amp.GradScaler | None:
-        """The fp16 loss scaler of a ``16-mixed`` Trainer; None in float32 and bf16."""
-        plugin = self._trainer.precision_plugin if self._trainer is not None else None
-        scaler = getattr(plugin, "scaler", None)
-        return scaler if scaler is not None and scaler.is_enabled() else None
-
-    def _outer_result(self, batch: MetaBatch) -> OuterResult | None:
+    def _outer_result(self, batch: MetaBatch, scale: float) -> OuterResult | None:
+        """The plugin's outer loss at fp16 loss scale ``scale``; None (the step is skipped) on a non-finite inner loop."""
         try:
-            return self.algorithm.outer_loss(self.learner, batch)
+            return self.algorithm.outer_loss(self.learner, batch, loss_scale=scale)
         except NonFiniteLossError as err:
             self.print(f"skipping outer step {self.global_step}: {err} (tasks {[batch.tasks[t] for t in err.tasks if t < len(batch.tasks)]})")
             return None
@@ -371,20 +366,12 @@ class MetaSpeechModule(L.LightningModule):
         the Trainer's GradScaler scale, halved until the inner gradients are finite."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE_HELP)
-        scaler = self._grad_scaler()
-        scale = scaler.get_scale() if scaler is not None else 1.0
         with torch.enable_grad():
             with torch.no_grad():
                 prepared = self.learner.prepare(support)
-            while True:
-                self.algorithm.inner_loss_scale = scale
-                try:
-                    adaptation = self.algorithm.adapt(self.learner, prepared, steps=steps, create_graph=False)
-                    break
-                except InnerGradientOverflowError:
-                    if scale <= 1.0:
-                        raise
-                    scale = max(1.0, scale / 2)
+            loop = InnerLoop(steps, create_graph=False)
+            adaptation = retry_at_smaller_scales(lambda scale: self.algorithm.adapt(self.learner, prepared, loop.at_scale(scale)),
+                                                 loss_scale(grad_scaler(self._trainer)))
         return {name: w.detach() for name, w in adaptation.fast.items()}
 
     @torch.no_grad()

@@ -165,8 +165,8 @@ class HandWrittenGradients(FOMAML):
         self.synced = nn.Parameter(torch.zeros(self.SLOTS), requires_grad=False)
         self.unsynced = nn.Parameter(torch.zeros(self.SLOTS), requires_grad=False)
 
-    def outer_loss(self, learner, batch):
-        result = super().outer_loss(learner, batch)
+    def outer_loss(self, learner, batch, loss_scale=1.0):
+        result = super().outer_loss(learner, batch, loss_scale)
         grad = torch.zeros_like(self.synced)
         for task, loss in zip(batch.tasks, result.query_losses):
             grad[zlib.crc32(task.encode()) % self.SLOTS] += loss
