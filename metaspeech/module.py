@@ -23,6 +23,7 @@ from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterR
 from metaspeech.algorithms.inner_loop import InnerLoop
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
+from metaspeech.checkpoint_io import load_recognizer_weights, restore_module_section, save_module_section
 from metaspeech.ctc import greedy_decode
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord, word_errors
@@ -37,7 +38,7 @@ from metaspeech.protocol import AdaptationEvaluator
 from metaspeech.randomness import seeded_rng
 from metaspeech.reporting import AdaptationReportWriter
 from metaspeech.schedule import check_decay, lr_factor
-from metaspeech.tokenizer import Tokenizer, tokenizer_from_dict
+from metaspeech.tokenizer import Tokenizer
 
 
 class MetaSpeechModule(L.LightningModule):
@@ -107,7 +108,7 @@ class MetaSpeechModule(L.LightningModule):
         if stage == "fit" and self.rng_seed is None:
             self.rng_seed = torch.initial_seed()  # the seed of seed_everything; a checkpoint's overrides it on resume
         if stage == "fit" and self.init_from:
-            self._load_recognizer_weights(self.init_from)
+            load_recognizer_weights(self.init_from, self.model)
             self._initialized_from = self.init_from
         elif self.init_from and self._initialized_from != self.init_from:  # a test right after this fit is fine
             raise ConfigError(
@@ -119,8 +120,7 @@ class MetaSpeechModule(L.LightningModule):
         if stage == "test" and datamodule is not None:
             self._check_protocol(getattr(datamodule, "eval_pool_size", None))
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
-            self.tokenizer = datamodule.tokenizer
-            self.feature_config = datamodule.feature_config
+            self.use_front_end(datamodule.tokenizer, datamodule.feature_config)
 
     def _check_protocol(self, pool_size: int | None) -> None:
         """Refuse, before any speaker is adapted, shot counts the data's adaptation pools cannot supply."""
@@ -130,21 +130,9 @@ class MetaSpeechModule(L.LightningModule):
                 f"data.init_args.eval_pool_size={pool_size}: raise eval_pool_size or lower model.test_shots"
             )
 
-    def _load_recognizer_weights(self, path: str) -> None:
-        from metaspeech.checkpoint_io import load_checkpoint_file
-
-        checkpoint = load_checkpoint_file(path)
-        prefix = "model."
-        weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        try:
-            self.model.load_state_dict(weights)
-        except RuntimeError as err:
-            raise ConfigError(f"model.init_from={path}: its recognizer does not match this one: {err}") from err
-
-    @property
-    def frame_shift_seconds(self) -> float:
-        """Seconds per input feature frame (to report adaptation data in seconds of speech)."""
-        return self.feature_config.frame_shift_seconds
+    def use_front_end(self, tokenizer: Tokenizer | None, features: FeatureConfig) -> None:
+        """The tokenizer and features this recognizer reads speech and writes text with (data module or checkpoint)."""
+        self.tokenizer, self.feature_config = tokenizer, features
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The test report (:mod:`metaspeech.reporting`), unless a fit on this Trainer installed it already."""
@@ -279,7 +267,7 @@ class MetaSpeechModule(L.LightningModule):
 
     def evaluate_task(self, item: EvaluationBatch, shots: list[int], steps: list[int]) -> list[UtteranceRecord]:
         """The k x s protocol on one held-out task with this module's adaptation (:mod:`metaspeech.protocol`)."""
-        evaluator = AdaptationEvaluator(shots, steps, self.frame_shift_seconds)
+        evaluator = AdaptationEvaluator(shots, steps, self.feature_config.frame_shift_seconds)
         records = evaluator.evaluate(item, self.adapt, self.transcribe)
         self._adaptation_seconds.update(evaluator.seconds)
         return records
@@ -310,30 +298,7 @@ class MetaSpeechModule(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["metaspeech"] = {
-            "model": self.model.init_config,
-            "algorithm": self.algorithm.init_config,
-            "scope": self.scope,
-            "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
-            "features": self._feature_config(),
-            "skipped_steps": self.skipped_steps,
-            "rng_seed": self.rng_seed,
-            "wandb_run_id": self._wandb_run_id(),
-        }
-
-    def _wandb_run_id(self) -> str | None:
-        """The W&B run this fit logs to: ``test --ckpt_path`` resumes it, so one run holds fit and test."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        return next((str(logger.version) for logger in self.loggers if isinstance(logger, WandbLogger)), None)
+        save_module_section(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("metaspeech", {})
-        if info.get("tokenizer") is not None:
-            self.tokenizer = tokenizer_from_dict(info["tokenizer"])
-        self.skipped_steps = info.get("skipped_steps", 0)
-        if info.get("rng_seed") is not None:
-            self.rng_seed = int(info["rng_seed"])
-
-    def _feature_config(self) -> dict[str, Any]:
-        return dict(vars(self.feature_config))
+        restore_module_section(self, checkpoint)
