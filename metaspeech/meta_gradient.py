@@ -6,6 +6,8 @@ right away frees its graph, so peak memory falls with the chunk size, and the su
 gradient equals the unchunked one. Without ``tasks_per_chunk`` the whole meta-batch is one
 chunk: one ``manual_backward`` per step. Under DDP every chunk but the last runs under
 Lightning's ``block_backward_sync`` (``no_sync``), so gradients are averaged over ranks once.
+A step that must not reach the weights (a non-finite loss or meta-gradient) raises
+:class:`SkipStep`; the module counts it and, under fp16, backs off the loss scale.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from torch import Tensor
 
-from metaspeech.algorithms.base import OuterResult
+from metaspeech.algorithms.base import NonFiniteLossError, OuterResult
 from metaspeech.batch import MetaBatch
 from metaspeech.errors import ConfigError
 
@@ -29,32 +31,56 @@ def check_chunk_size(tasks_per_chunk: int | None) -> int | None:
     return tasks_per_chunk
 
 
+class SkipStep(Exception):
+    """This outer step must not reach the weights, on every rank; the message says why (empty when another rank
+    or a non-finite outer loss without a diagnosis decided it)."""
+
+
 def backward_in_chunks(
     batch: MetaBatch,
     tasks_per_chunk: int | None,
-    outer_result: Callable[[MetaBatch], OuterResult | None],
+    outer_loss: Callable[[MetaBatch], OuterResult],
     backward: Callable[[Tensor], None],
     strategy: Strategy,
-) -> OuterResult | None:
-    """Outer loss and meta-gradient of ``batch``; None when the step must be skipped.
+) -> OuterResult:
+    """Outer loss and meta-gradient of ``batch``, ``outer_loss(chunk)`` (the plugin's) backpropagated by ``backward``
+    (the LightningModule's ``manual_backward``).
 
-    ``outer_result(chunk)`` is the plugin's outer result (None for a non-finite inner loss),
-    ``backward`` the LightningModule's ``manual_backward``. A chunk with a non-finite loss on
-    any rank skips the whole step on every rank (the ranks decide together).
+    Raises :class:`SkipStep` on every rank when a chunk's inner loop raised :class:`NonFiniteLossError` or its
+    outer loss is not finite on any rank: the ranks decide together, so they stay in step.
     """
     chunks = batch.chunks(tasks_per_chunk) if tasks_per_chunk else [batch]
     results = []
     for index, chunk in enumerate(chunks):
-        result = outer_result(chunk)
+        result, why = _outer_result(chunk, outer_loss)
         finite = result is not None and bool(torch.isfinite(result.loss))
         if not strategy.reduce_boolean_decision(finite, all=True):
-            return None
+            raise SkipStep(why)
         weight = chunk.num_tasks / batch.num_tasks
         last = index == len(chunks) - 1
         with nullcontext() if last else without_gradient_sync(strategy):
             backward(result.loss * weight)  # weight 1.0 without chunks
         results.append((result, weight))
     return OuterResult.merge(results)
+
+
+def _outer_result(chunk: MetaBatch, outer_loss: Callable[[MetaBatch], OuterResult]) -> tuple[OuterResult | None, str]:
+    """The chunk's outer result, or None and why (naming the tasks) when its inner loop was not finite."""
+    try:
+        return outer_loss(chunk), ""
+    except NonFiniteLossError as err:
+        return None, f"{err} (tasks {[chunk.tasks[t] for t in err.tasks if t < len(chunk.tasks)]})"
+
+
+def check_finite_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Raise :class:`SkipStep` when the meta-gradient is not finite.
+
+    A finite loss can still have a NaN/inf gradient, which must not reach the weights (under fp16
+    the GradScaler skips such a step itself). Gradients are averaged over ranks already, so
+    every rank decides alike.
+    """
+    if not bool(torch.isfinite(gradient_norm(parameters))):
+        raise SkipStep("non-finite meta-gradient")
 
 
 def without_gradient_sync(strategy: Strategy) -> ContextManager[None]:

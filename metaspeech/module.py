@@ -1,17 +1,16 @@
 """``MetaSpeechModule``: the outer loop of meta-learning as a LightningModule, and test-time adaptation.
 
-One training step is one meta-batch of T speaker-tasks: the plugin adapts on every support set
-and returns one outer loss; the module runs one ``manual_backward`` per step (per task chunk,
-:mod:`~metaspeech.meta_gradient`), skips non-finite steps, passes the fp16 loss scale into the
-inner loop (:mod:`~metaspeech.loss_scaling`), steps and logs. A step's randomness (dropout) comes
-from a generator seeded by ``(run seed, global step, skipped steps, rank)`` with the global RNG
-forked around it, so a resumed run repeats the uninterrupted one. ``adapt`` / ``transcribe`` are
-the test-time API; the test protocol is :mod:`~metaspeech.protocol`, its outputs a Callback
-(:mod:`~metaspeech.reporting`). docs/architecture.md walks through one step.
+One training step is one meta-batch of T speaker-tasks: the plugin adapts on every support set and
+returns one outer loss; the module backpropagates it once (per task chunk, :mod:`~metaspeech.meta_gradient`),
+skips non-finite steps, passes the fp16 loss scale in (:mod:`~metaspeech.loss_scaling`), steps and logs.
+Dropout draws from a generator seeded by ``(run seed, global step, skipped steps, rank)``, with the
+global RNG forked around it, so a resumed run repeats the uninterrupted one. ``adapt`` / ``transcribe``
+are the test-time API; the test protocol is :mod:`~metaspeech.protocol`, its report :mod:`~metaspeech.reporting`.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ContextManager
 
 import lightning as L
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 
 from metaspeech.adaptation_guard import check_guard, guarded_adapt
-from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.algorithms.base import MetaAlgorithm, OuterResult
 from metaspeech.algorithms.inner_loop import InnerLoop
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
@@ -32,7 +31,7 @@ from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import log_run_config
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale, retry_at_smaller_scales
 from metaspeech.losses import CTCLoss
-from metaspeech.meta_gradient import backward_in_chunks, check_chunk_size, gradient_norm
+from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_size, check_finite_gradients, gradient_norm
 from metaspeech.models.staged import StagedModel
 from metaspeech.protocol import AdaptationEvaluator
 from metaspeech.randomness import seeded_rng
@@ -51,8 +50,7 @@ class MetaSpeechModule(L.LightningModule):
         lr: outer (meta) learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warmup in outer steps.
-        lr_decay: after the warmup, ``constant`` or ``cosine`` (down to ``min_lr_ratio * lr`` at
-            ``trainer.max_steps``; :mod:`metaspeech.schedule`).
+        lr_decay: after the warmup, ``constant`` or ``cosine`` (to ``min_lr_ratio * lr`` at ``trainer.max_steps``).
         min_lr_ratio: the final learning rate of the cosine decay, as a fraction of ``lr``.
         max_grad_norm: clip the meta-gradient to this global norm (None: no clipping).
         val_shots: adaptation utterances per meta-val speaker.
@@ -60,14 +58,12 @@ class MetaSpeechModule(L.LightningModule):
         test_shots: shot counts k of the evaluation protocol.
         test_steps: inner step counts s of the evaluation protocol (0 = no adaptation; always run).
         results_dir: where ``test`` writes the table (JSON/CSV); default: the logger's folder.
-        init_from: a metaspeech checkpoint whose recognizer weights initialize this run (e.g. a
-            joint-trained base model that meta-training starts from); optimizer state is not taken.
-        augmentation: training-time augmentation of each meta-batch (task frequency warping,
-            SpecAugment); None: none.
-        adaptation_guard: ``none``, or ``cross_validation``: test-time adaptation keeps a task's
-            adapted weights only where they generalize within its support set (:mod:`metaspeech.adaptation_guard`).
-        tasks_per_chunk: process each meta-batch this many tasks at a time, accumulating the
-            meta-gradient (one optimizer step; memory falls with the chunk size). None: all at once.
+        init_from: a metaspeech checkpoint whose recognizer weights (not its optimizer) start this fit.
+        augmentation: training-time augmentation of each meta-batch (task frequency warping, SpecAugment).
+        adaptation_guard: ``none``, or ``cross_validation``: keep a task's adaptation only where it
+            generalizes within its support set (:mod:`metaspeech.adaptation_guard`).
+        tasks_per_chunk: backpropagate each meta-batch this many tasks at a time (less memory, same
+            meta-gradient, one optimizer step). None: all at once.
     """
 
     def __init__(
@@ -162,16 +158,14 @@ class MetaSpeechModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             if self.augmentation is not None:
                 batch = self.augmentation(batch)  # inside the step's seeded RNG: reproducible, resumes exactly
-            scale = loss_scale(scaler)
-            result = backward_in_chunks(batch, self.tasks_per_chunk, lambda chunk: self._outer_result(chunk, scale),
-                                        self.manual_backward, self.trainer.strategy)
-            if result is None:
-                return self._skip_step(scaler)
-            if scaler is None and not bool(torch.isfinite(gradient_norm(self.parameters()))):
-                # A finite loss can still have a NaN/inf gradient; it must not reach the weights (under fp16
-                # the GradScaler skips such a step itself). Gradients are averaged over ranks already.
-                self.print(f"skipping outer step {self.global_step}: non-finite meta-gradient")
-                return self._skip_step(None)
+            outer_loss = partial(self.algorithm.outer_loss, self.learner, loss_scale=loss_scale(scaler))
+            try:
+                result = backward_in_chunks(batch, self.tasks_per_chunk, outer_loss, self.manual_backward, self.trainer.strategy)
+                if scaler is None:  # under fp16 the GradScaler skips a non-finite step itself
+                    check_finite_gradients(self.parameters())
+            except SkipStep as skip:
+                self._skip_step(scaler, str(skip))
+                return
             optimizer.step()  # gradient norm and clipping: on_before_optimizer_step, after fp16 unscaling
             self.lr_schedulers().step()
             self._log_training(batch, result, batch_idx)
@@ -181,17 +175,10 @@ class MetaSpeechModule(L.LightningModule):
             self.rng_seed = torch.initial_seed()
         return seeded_rng(f"train-step:{self.rng_seed}:{self.global_step}:{self.skipped_steps}:{self.global_rank}", self.device)
 
-    def _outer_result(self, batch: MetaBatch, scale: float) -> OuterResult | None:
-        """The plugin's outer loss at fp16 loss scale ``scale``; None (the step is skipped) on a non-finite inner loop."""
-        try:
-            return self.algorithm.outer_loss(self.learner, batch, loss_scale=scale)
-        except NonFiniteLossError as err:
-            tasks = [batch.tasks[t] for t in err.tasks if t < len(batch.tasks)]
-            self.print(f"skipping outer step {self.global_step}: {err} (tasks {tasks})")
-            return None
-
-    def _skip_step(self, scaler: torch.amp.GradScaler | None) -> None:
+    def _skip_step(self, scaler: torch.amp.GradScaler | None, why: str) -> None:
         """Skip this outer step (every rank decides alike); under fp16 also back off the loss scale, as GradScaler does."""
+        if why:
+            self.print(f"skipping outer step {self.global_step}: {why}")
         self.skipped_steps += 1
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
         if scaler is not None:
