@@ -24,8 +24,9 @@ from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import load_recognizer_weights, restore_module_section, save_module_section
 from metaspeech.ctc import greedy_decode
+from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import AdaptationReport, UtteranceRecord, word_errors
+from metaspeech.evaluation import AdaptationReport, word_errors
 from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import log_run_config
@@ -35,7 +36,7 @@ from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_s
 from metaspeech.models.staged import StagedModel
 from metaspeech.protocol import AdaptationEvaluator
 from metaspeech.randomness import seeded_rng
-from metaspeech.reporting import AdaptationReportWriter
+from metaspeech.reporting import AdaptationReportWriter, TaskScores
 from metaspeech.schedule import check_decay, lr_factor
 from metaspeech.tokenizer import Tokenizer
 
@@ -93,10 +94,8 @@ class MetaSpeechModule(L.LightningModule):
         self.feature_config = FeatureConfig()
         self.skipped_steps = 0
         self.rng_seed: int | None = None  # base seed of training-step randomness; set at fit start or from a checkpoint
-        self._records: list[UtteranceRecord] = []
-        self._adaptation_seconds: dict[tuple[str, int], float] = {}
-        self.last_report: AdaptationReport | None = None
         self._initialized_from: str | None = None
+        self.last_report: AdaptationReport | None = None  # set by the report callback when a test ends
         self.protocol_settings: dict[str, Any] = {}  # choices made for the test protocol (e.g. on meta-val), reported
 
     # ----------------------------------------------------------------- setup
@@ -109,22 +108,11 @@ class MetaSpeechModule(L.LightningModule):
         elif self.init_from and self._initialized_from != self.init_from:  # a test right after this fit is fine
             raise ConfigError(
                 f"model.init_from={self.init_from} initializes meta-training (fit) only and would be ignored by "
-                f"{getattr(stage, 'value', stage)}: "
-                f"to evaluate that checkpoint pass --ckpt_path={self.init_from} instead"
+                f"{getattr(stage, 'value', stage)}: to evaluate that checkpoint pass --ckpt_path={self.init_from} instead"
             )
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "test" and datamodule is not None:
-            self._check_protocol(getattr(datamodule, "eval_pool_size", None))
-        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
-            self.use_front_end(datamodule.tokenizer, datamodule.feature_config)
-
-    def _check_protocol(self, pool_size: int | None) -> None:
-        """Refuse, before any speaker is adapted, shot counts the data's adaptation pools cannot supply."""
-        if pool_size is not None and max(self.test_shots) > pool_size:
-            raise ConfigError(
-                f"model.test_shots={self.test_shots} asks for k={max(self.test_shots)} adaptation utterances, but "
-                f"data.init_args.eval_pool_size={pool_size}: raise eval_pool_size or lower model.test_shots"
-            )
+        data = self._trainer.datamodule if self._trainer is not None else None
+        if isinstance(data, SpeechFrontEnd):
+            self.use_front_end(data.tokenizer, data.feature_config)
 
     def use_front_end(self, tokenizer: Tokenizer | None, features: FeatureConfig) -> None:
         """The tokenizer and features this recognizer reads speech and writes text with (data module or checkpoint)."""
@@ -252,36 +240,10 @@ class MetaSpeechModule(L.LightningModule):
                 errors, words = word_errors(item.evaluation.texts[0], self.transcribe(item.evaluation, fast)[0])
                 self.log(f"val/wer_{tag}", errors / max(words, 1), batch_size=words, sync_dist=True)
 
-    def evaluate_task(self, item: EvaluationBatch, shots: list[int], steps: list[int]) -> list[UtteranceRecord]:
-        """The k x s protocol on one held-out task with this module's adaptation (:mod:`metaspeech.protocol`)."""
-        evaluator = AdaptationEvaluator(shots, steps, self.feature_config.frame_shift_seconds)
-        records = evaluator.evaluate(item, self.adapt, self.transcribe)
-        self._adaptation_seconds.update(evaluator.seconds)
-        return records
-
-    def on_test_epoch_start(self) -> None:
-        self._records, self._adaptation_seconds = [], {}
-
-    def test_step(self, item: EvaluationBatch, batch_idx: int) -> None:
-        self._records += self.evaluate_task(item, self.test_shots, self.test_steps)
-
-    def on_test_epoch_end(self) -> None:
-        records, seconds = self._gather(self._records), self._gather([self._adaptation_seconds])
-        merged_seconds = {key: value for part in seconds for key, value in part.items()}
-        task_groups = getattr(getattr(self.trainer, "datamodule", None), "task_groups", None)
-        report = AdaptationReport(records, merged_seconds, groups=task_groups("test") if task_groups else None,
-                                  settings=dict(self.protocol_settings))
-        self.last_report = report
-        for c in report.conditions():
-            self.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)
-            self.log(f"test/cer_k{c.shots}_s{c.steps}", c.cer, rank_zero_only=True)
-
-    def _gather(self, items: list[Any]) -> list[Any]:
-        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
-            return list(items)
-        gathered: list[list[Any]] = [[] for _ in range(self.trainer.world_size)]
-        torch.distributed.all_gather_object(gathered, list(items))
-        return [x for part in gathered for x in part]
+    def test_step(self, item: EvaluationBatch, batch_idx: int) -> TaskScores:
+        """The k x s protocol on one held-out task; the report callback collects, gathers and reports the scores."""
+        evaluator = AdaptationEvaluator(self.test_shots, self.test_steps, self.feature_config.frame_shift_seconds)
+        return TaskScores(evaluator.evaluate(item, self.adapt, self.transcribe), evaluator.seconds)
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
