@@ -96,11 +96,14 @@ class AdaptationReportWriter(Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report: AdaptationReport | None = pl_module.last_report
-        if report is None or not trainer.is_global_zero:
+        if report is None:
+            return
+        directory = self.results_dir(trainer, pl_module)  # on every rank: Trainer.log_dir is a broadcast
+        if not trainer.is_global_zero:
             return
         name = type(pl_module.algorithm).__name__
         pl_module.print(report.render(title=f"{name}: adaptation on held-out speakers"))
-        paths = report.write(self.results_dir(trainer, pl_module), name=f"adaptation_{name.lower()}")
+        paths = report.write(directory, name=f"adaptation_{name.lower()}")
         pl_module.print(f"results written to {paths['json']} and {paths['csv']}")
         sample_rate = pl_module.feature_config.sample_rate
         log_adaptation_report(trainer.loggers, report, audio=lambda u: self.example_audio(trainer, u, sample_rate),
@@ -108,6 +111,7 @@ class AdaptationReportWriter(Callback):
 
     @staticmethod
     def results_dir(trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        """``model.results_dir``, else the logger's folder, else ``results/``. Call it on every rank (see ``log_dir``)."""
         if pl_module.results_dir:
             return Path(pl_module.results_dir)
         return Path(trainer.log_dir) if trainer.log_dir else Path("results")
