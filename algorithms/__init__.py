@@ -1,7 +1,8 @@
 """Algorithm plugins. Select one from YAML by class path, e.g. ``metaspeech.algorithms.MAML``."""
 
-from metaspeech.algorithms.base import Adaptation, InnerGradientOverflowError, MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.algorithms.base import Adaptation, MetaAlgorithm, OuterResult
 from metaspeech.algorithms.hyperinit import HyperInit
+from metaspeech.algorithms.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 from metaspeech.algorithms.joint import JointTraining
 from metaspeech.algorithms.maml import FOMAML, MAML
 from metaspeech.algorithms.metasgd import MetaSGD
@@ -12,6 +13,7 @@ __all__ = [
     "FOMAML",
     "HyperInit",
     "InnerGradientOverflowError",
+    "InnerLoop",
     "JointTraining",
     "MAML",
     "MetaAlgorithm",

@@ -6,7 +6,7 @@ algorithm out of four overridable pieces; a new algorithm overrides one or two:
 
 - :meth:`MetaAlgorithm.initial_weights` -- where the inner loop starts (HyperInit generates it);
 - :meth:`MetaAlgorithm.step_size` -- the inner learning rate per step and parameter (Meta-SGD learns it);
-- :meth:`MetaAlgorithm.adapt` -- the inner loop: support set -> fast weights;
+- :meth:`MetaAlgorithm.adapt` -- the inner loop: support set and :class:`InnerLoop` -> fast weights;
 - :meth:`MetaAlgorithm.outer_loss` -- the scalar whose gradient is the meta-gradient
   (Reptile and joint training replace it).
 
@@ -15,6 +15,10 @@ Lightning module calls ``manual_backward`` on it exactly once per step, which is
 what makes DDP average meta-gradients across ranks (hand-written ``.grad`` is
 not synchronized). Plugins that must write ``.grad`` themselves call
 :meth:`MetaAlgorithm.all_reduce_gradients` afterwards.
+
+Precision is an argument, never plugin state: ``outer_loss`` receives the fp16 loss
+scale and every inner loop an :class:`~metaspeech.algorithms.inner_loop.InnerLoop`
+(:mod:`metaspeech.algorithms.inner_loop`).
 
 Nothing here knows about speech: algorithms see a :class:`~metaspeech.learner.Learner`
 and :class:`~metaspeech.batch.TaskBatch` objects.
@@ -29,26 +33,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from metaspeech.config import RecordsInitArgs
+from metaspeech.algorithms.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 from metaspeech.batch import MetaBatch, TaskBatch
+from metaspeech.config import RecordsInitArgs
 from metaspeech.learner import FastWeights, Learner, PreparedTasks
 
-
-class NonFiniteLossError(FloatingPointError):
-    """An inner-loop loss was NaN/inf; ``tasks`` lists the offending task indices."""
-
-    def __init__(self, step: int, tasks: list[int], message: str | None = None) -> None:
-        super().__init__(message or f"non-finite inner-loop loss at inner step {step} for task(s) {tasks}")
-        self.step = step
-        self.tasks = tasks
-
-
-class InnerGradientOverflowError(NonFiniteLossError):
-    """A loss-scaled inner-loop gradient overflowed (fp16): retry with a smaller ``inner_loss_scale``."""
-
-    def __init__(self, step: int, scale: float) -> None:
-        super().__init__(step, [], f"inner-loop gradient overflowed at inner step {step} with loss scale {scale:g}")
-        self.scale = scale
+__all__ = ["Adaptation", "InnerGradientOverflowError", "InnerLoop", "MetaAlgorithm", "NonFiniteLossError", "OuterResult"]
 
 
 @dataclass
@@ -91,10 +81,10 @@ class OuterResult:
 class MetaAlgorithm(RecordsInitArgs, nn.Module):
     """Base class: MAML-style inner loop of SGD steps on the support set, query loss outside.
 
-    ``inner_loss_scale`` multiplies the support loss before ``autograd.grad`` and divides the
-    gradients after (PyTorch's AMP "gradient penalty" recipe): under ``16-mixed`` the Lightning
-    module sets it from the GradScaler every step, so small inner gradients do not underflow in
-    float16. It stays 1.0 in float32 and bf16.
+    Every inner loop runs under an explicit :class:`~metaspeech.algorithms.inner_loop.InnerLoop`
+    (steps, second order, fp16 loss scale); :meth:`inner_loop` gives the meta-training one.
+    The plugin holds no precision state: under ``16-mixed`` the Lightning module passes the
+    GradScaler's scale into :meth:`outer_loss` and test-time :meth:`adapt` at every call.
 
     Args:
         inner_steps: inner SGD steps during meta-training.
@@ -124,10 +114,13 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         self.second_order = second_order
         self.eval_inner_lr = eval_inner_lr
         self.second_order_steps = second_order_steps
-        self.inner_loss_scale = 1.0
 
     def setup(self, learner: Learner) -> None:
         """Create meta-parameters that depend on the adaptation scope (called once, before training)."""
+
+    def inner_loop(self, steps: int | None = None, loss_scale: float = 1.0) -> InnerLoop:
+        """The meta-training inner loop: ``inner_steps`` (or ``steps``) steps, second order as configured."""
+        return InnerLoop(self.inner_steps if steps is None else steps, self.second_order, loss_scale)
 
     def initial_weights(self, learner: Learner, prepared: PreparedTasks) -> FastWeights:
         """Where the inner loop starts for each task: the shared init, ``[T, *shape]``."""
@@ -141,31 +134,24 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
             return self.eval_inner_lr
         return self.inner_lr[-1] if isinstance(self.inner_lr, list) else self.inner_lr
 
-    def adapt(
-        self,
-        learner: Learner,
-        support: TaskBatch | PreparedTasks,
-        steps: int | None = None,
-        create_graph: bool | None = None,
-    ) -> Adaptation:
-        """The inner loop: ``steps`` SGD steps on the support loss of every task at once.
+    def adapt(self, learner: Learner, support: TaskBatch | PreparedTasks, loop: InnerLoop | None = None) -> Adaptation:
+        """The inner loop: ``loop.steps`` SGD steps on the support loss of every task at once.
 
-        With ``create_graph=False`` inner gradients are constants, so the fast weights
-        still depend on the initialization with an identity Jacobian: the first-order
-        meta-gradient. With ``second_order_steps`` only the last steps create a graph.
-        Raises :class:`NonFiniteLossError` on a NaN/inf support loss.
+        ``loop`` defaults to :meth:`inner_loop`. With ``loop.create_graph=False`` inner gradients
+        are constants, so the fast weights still depend on the initialization with an identity
+        Jacobian: the first-order meta-gradient. With ``second_order_steps`` only the last steps
+        create a graph. Gradients come from ``loop.gradients``, which raises
+        :class:`NonFiniteLossError` on a NaN/inf support loss.
         """
+        loop = loop if loop is not None else self.inner_loop()
         prepared = support if isinstance(support, PreparedTasks) else learner.prepare(support)
-        steps = self.inner_steps if steps is None else steps
-        create_graph = self.second_order if create_graph is None else create_graph
-        first_second_order_step = 0 if self.second_order_steps is None else steps - self.second_order_steps
+        first_second_order_step = 0 if self.second_order_steps is None else loop.steps - self.second_order_steps
         fast = self.initial_weights(learner, prepared)
         adaptation = Adaptation(fast=fast)
-        for step in range(steps):
-            step_graph = create_graph and step >= first_second_order_step
+        for step in range(loop.steps):
+            step_graph = loop.create_graph and step >= first_second_order_step
             losses = learner.losses(fast, prepared, create_graph=step_graph)
-            self._check_finite(losses, step)
-            grads = self.inner_gradients(losses, fast, step_graph, step)
+            grads = loop.gradients(losses, fast, step, create_graph=step_graph)
             adaptation.inner_losses.append(losses.detach())
             adaptation.inner_grad_norms.append(_per_task_norm(grads, prepared.num_tasks))
             fast = {
@@ -175,34 +161,14 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         adaptation.fast = fast
         return adaptation
 
-    def inner_gradients(self, losses: Tensor, fast: FastWeights, create_graph: bool, step: int = 0) -> list[Tensor | None]:
-        """Gradient of ``losses.sum()`` (``[T]``) w.r.t. every fast weight, loss-scaled by ``inner_loss_scale``.
+    def outer_loss(self, learner: Learner, batch: MetaBatch, loss_scale: float = 1.0) -> OuterResult:
+        """MAML objective: mean query loss of the adapted fast weights over the T tasks.
 
-        Each task's gradient lands in its own ``[t]`` slice. Raises
-        :class:`InnerGradientOverflowError` when a scaled gradient is not finite.
+        ``loss_scale`` is the fp16 inner-loop loss scale of this step: pass it on to every inner loop.
         """
-        scale = self.inner_loss_scale
-        total = losses.sum() if scale == 1.0 else losses.sum() * scale
-        grads = torch.autograd.grad(total, list(fast.values()), create_graph=create_graph, allow_unused=True)
-        if scale == 1.0:
-            return list(grads)
-        grads = [None if g is None else g * (1.0 / scale) for g in grads]
-        present = [g for g in grads if g is not None]
-        if present and not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):
-            raise InnerGradientOverflowError(step, scale)
-        return grads
-
-    def outer_loss(self, learner: Learner, batch: MetaBatch) -> OuterResult:
-        """MAML objective: mean query loss of the adapted fast weights over the T tasks."""
-        adaptation = self.adapt(learner, batch.support)
+        adaptation = self.adapt(learner, batch.support, self.inner_loop(loss_scale=loss_scale))
         query_losses = learner.losses(adaptation.fast, learner.prepare(batch.query))
         return OuterResult(query_losses.mean(), query_losses.detach(), adaptation.inner_losses, adaptation.inner_grad_norms)
-
-    @staticmethod
-    def _check_finite(losses: Tensor, step: int) -> None:
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            raise NonFiniteLossError(step, torch.nonzero(~finite).flatten().tolist())
 
     @staticmethod
     def all_reduce_gradients(parameters: Sequence[nn.Parameter]) -> None:

@@ -18,7 +18,8 @@ class JointTraining(MetaAlgorithm):
     def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, eval_inner_lr: float | None = None) -> None:
         super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr)
 
-    def outer_loss(self, learner: Learner, batch: MetaBatch) -> OuterResult:
+    def outer_loss(self, learner: Learner, batch: MetaBatch, loss_scale: float = 1.0) -> OuterResult:
+        """Mean loss of the unadapted weights over every utterance; no inner loop, so ``loss_scale`` is unused."""
         prepared = learner.prepare(TaskBatch.concat_examples(batch.support, batch.query))
         losses = learner.losses(learner.expand(learner.init_weights(), prepared.num_tasks), prepared)
         return OuterResult(losses.mean(), losses.detach(), [])

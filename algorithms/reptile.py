@@ -31,10 +31,10 @@ class Reptile(MetaAlgorithm):
     ) -> None:
         super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr)
 
-    def outer_loss(self, learner: Learner, batch: MetaBatch) -> OuterResult:
+    def outer_loss(self, learner: Learner, batch: MetaBatch, loss_scale: float = 1.0) -> OuterResult:
         examples = TaskBatch.concat_examples(batch.support, batch.query)
         prepared = learner.prepare(examples)
-        adaptation = self.adapt(learner, prepared)
+        adaptation = self.adapt(learner, prepared, self.inner_loop(loss_scale=loss_scale))
         adapted = {name: w.detach() for name, w in adaptation.fast.items()}
         surrogate = sum(
             0.5 * (theta.unsqueeze(0) - adapted[name]).pow(2).sum() / prepared.num_tasks

@@ -34,7 +34,7 @@ from metaspeech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
 from metaspeech.randomness import unit_interval
 from metaspeech.text import normalize_text
-from metaspeech.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
+from metaspeech.tokenizer import CharTokenizer, Tokenizer
 
 SPLITS = ("train", "val", "test")
 
@@ -175,10 +175,10 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._tokenizer
 
     def _checkpoint_tokenizer(self) -> Tokenizer:
-        saved = read_metaspeech_section(self.tokenizer_from).get("tokenizer")
+        saved = read_metaspeech_section(self.tokenizer_from).restore_tokenizer()
         if saved is None:
             raise DataError(f"data.init_args.tokenizer_from={self.tokenizer_from} holds no tokenizer: use a checkpoint of `metaspeech fit`")
-        return tokenizer_from_dict(saved)
+        return saved
 
     def build_tokenizer(self) -> Tokenizer:
         """The corpus's own tokenizer: characters of the meta-train transcripts (subclasses may fix an alphabet)."""

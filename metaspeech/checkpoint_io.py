@@ -2,9 +2,16 @@
 
 Reading: :func:`load_checkpoint_file` is the one place that opens a checkpoint
 (``torch.load(weights_only=True)``: no pickled code) and turns a missing or
-unreadable file into a :class:`CheckpointError` that names it;
-:func:`read_metaspeech_section` returns the construction record a metaspeech
-checkpoint carries (model, algorithm, scope, tokenizer, features).
+unreadable file into a :class:`CheckpointError` that names it.
+
+The format: besides Lightning's own keys, a metaspeech checkpoint carries a
+``metaspeech`` section, :class:`MetaSpeechSection`, the one place that knows its keys:
+the construction record (model, algorithm, scope, tokenizer, features) and the run
+state of an exact resume. The module's checkpoint hooks write and read it
+(:func:`save_module_section`, :func:`restore_module_section`),
+:func:`read_metaspeech_section` reads it from a file (``test --ckpt_path``,
+``tokenizer_from``, ``metaspeech adapt``), and :func:`load_recognizer_weights` takes
+the recognizer's weights from ``state_dict`` (``model.init_from``).
 
 Writing: a checkpoint on disk is always either the old one or the new one, never half of one.
 
@@ -33,8 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 import secrets
+import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,33 +51,127 @@ from fsspec.utils import get_protocol
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+from torch import nn
 
-from metaspeech.errors import MetaSpeechError
+from metaspeech.errors import ConfigError, MetaSpeechError
+from metaspeech.features import FeatureConfig
+from metaspeech.loggers import wandb_run_id
+from metaspeech.tokenizer import Tokenizer, tokenizer_from_dict
 
 TEMP_SUFFIX = ".tmp"
+SECTION = "metaspeech"
+RECOGNIZER_PREFIX = "model."
+"""Where the recognizer's weights sit in ``state_dict``: the LightningModule's ``model`` attribute."""
 
 
 class CheckpointError(MetaSpeechError, ValueError):
     """A checkpoint or adaptation file cannot be used; the message says why and what to do."""
 
 
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dictionary at ``path``, loaded on the CPU without unpickling code."""
+def load_checkpoint_file(
+    path: str | Path, what: str = "checkpoint", hint: str = "pass the .ckpt written by `metaspeech fit`"
+) -> dict[str, Any]:
+    """The checkpoint dictionary at ``path``, loaded on the CPU without unpickling code.
+
+    ``what`` names the file in errors and ``hint`` says where a missing one comes from (a saved
+    speaker adaptation is read here too).
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the .ckpt written by `metaspeech fit`")
+        raise CheckpointError(f"{what} {path} does not exist; {hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch raises many types for bad files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(f"cannot read {what} {path}: {err}") from err
 
 
-def read_metaspeech_section(path: str | Path) -> dict[str, Any]:
-    """The construction record of a metaspeech checkpoint: model, algorithm, scope, tokenizer, features."""
-    info = load_checkpoint_file(path).get("metaspeech")
-    if not info:
-        raise CheckpointError(f"{path} is not a metaspeech checkpoint (no 'metaspeech' section)")
-    return info
+@dataclass(frozen=True)
+class MetaSpeechSection:
+    """The ``metaspeech`` section of a checkpoint; its fields are the section's keys.
+
+    ``model`` and ``algorithm`` (each ``class_path`` + ``init_args``), ``scope``, ``tokenizer``
+    (``Tokenizer.to_dict``) and ``features`` (``FeatureConfig`` fields) rebuild the model without
+    unpickling code. ``skipped_steps`` and ``rng_seed`` make a resumed run repeat the
+    uninterrupted one; ``wandb_run_id`` lets ``test --ckpt_path`` log into the fit's W&B run.
+    """
+
+    model: dict[str, Any]
+    algorithm: dict[str, Any]
+    scope: list[str]
+    tokenizer: dict[str, Any] | None = None
+    features: dict[str, Any] | None = None
+    skipped_steps: int = 0
+    rng_seed: int | None = None
+    wandb_run_id: str | None = None
+
+    def write_into(self, checkpoint: dict[str, Any]) -> None:
+        """Store this section in a checkpoint dictionary (``on_save_checkpoint``)."""
+        checkpoint[SECTION] = asdict(self)
+
+    @classmethod
+    def required(cls, checkpoint: dict[str, Any], path: str | Path) -> "MetaSpeechSection":
+        """The section of the checkpoint loaded from ``path``; a :class:`CheckpointError` when it has none."""
+        section = cls.of(checkpoint)
+        if section is None:
+            raise CheckpointError(f"{path} is not a metaspeech checkpoint (no 'metaspeech' section)")
+        return section
+
+    @classmethod
+    def of(cls, checkpoint: dict[str, Any]) -> "MetaSpeechSection | None":
+        """The section of a loaded checkpoint; None when it has none (a plain Lightning checkpoint)."""
+        info = checkpoint.get(SECTION)
+        if not info:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in info.items() if key in known})
+
+    def feature_config(self) -> FeatureConfig:
+        """The recorded feature settings (defaults where the section predates a setting)."""
+        known = {f.name for f in fields(FeatureConfig)}
+        return FeatureConfig(**{key: value for key, value in (self.features or {}).items() if key in known})
+
+    def restore_tokenizer(self) -> Tokenizer | None:
+        """The recorded tokenizer, of whatever kind it was; None when none was recorded."""
+        return tokenizer_from_dict(self.tokenizer) if self.tokenizer is not None else None
+
+
+def save_module_section(module: Any, checkpoint: dict[str, Any]) -> None:
+    """``on_save_checkpoint`` of a :class:`~metaspeech.module.MetaSpeechModule`: record how to rebuild it and its run state."""
+    tokenizer, features = module.tokenizer, module.feature_config
+    MetaSpeechSection(
+        model=module.model.init_config, algorithm=module.algorithm.init_config, scope=list(module.scope),
+        tokenizer=tokenizer.to_dict() if tokenizer is not None else None, features=dict(vars(features)),
+        skipped_steps=module.skipped_steps, rng_seed=module.rng_seed, wandb_run_id=wandb_run_id(module.loggers),
+    ).write_into(checkpoint)
+
+
+def restore_module_section(module: Any, checkpoint: dict[str, Any]) -> None:
+    """``on_load_checkpoint`` of a :class:`~metaspeech.module.MetaSpeechModule`: its tokenizer and the run state
+    of an exact resume (skipped steps, run seed). A checkpoint without a section restores no skipped steps."""
+    section = MetaSpeechSection.of(checkpoint)
+    module.skipped_steps = section.skipped_steps if section is not None else 0
+    if section is not None and section.tokenizer is not None:
+        module.tokenizer = section.restore_tokenizer()
+    if section is not None and section.rng_seed is not None:
+        module.rng_seed = int(section.rng_seed)
+
+
+def read_metaspeech_section(path: str | Path) -> MetaSpeechSection:
+    """The ``metaspeech`` section of the checkpoint at ``path``; a :class:`CheckpointError` when it has none."""
+    return MetaSpeechSection.required(load_checkpoint_file(path), path)
+
+
+def load_recognizer_weights(path: str | Path, recognizer: nn.Module) -> None:
+    """Initialize ``recognizer`` with the recognizer weights of the checkpoint at ``path`` (``model.init_from``).
+
+    Only the recognizer is taken: no algorithm meta-parameters, no optimizer state.
+    """
+    state = load_checkpoint_file(path)["state_dict"]
+    weights = {k[len(RECOGNIZER_PREFIX):]: v for k, v in state.items() if k.startswith(RECOGNIZER_PREFIX)}
+    try:
+        recognizer.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ConfigError(f"model.init_from={path}: its recognizer does not match this one: {err}") from err
 
 
 def temporary_name(path: str | Path) -> Path:

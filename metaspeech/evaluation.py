@@ -49,6 +49,12 @@ def score_utterance(task: str, shots: int, steps: int, utterance: str, reference
     return UtteranceRecord(task, shots, steps, utterance, ref, hyp, word_errors, words, char_errors, len(ref))
 
 
+def word_errors(references: Iterable[str], hypotheses: Iterable[str]) -> tuple[int, int]:
+    """``(word errors, reference words)`` summed over utterance pairs, scored as :func:`score_utterance` does."""
+    records = [score_utterance("", 0, 0, "", r, h) for r, h in zip(references, hypotheses)]
+    return sum(r.word_errors for r in records), sum(r.words for r in records)
+
+
 def _edits(output: Any) -> int:
     return int(output.substitutions + output.deletions + output.insertions)
 

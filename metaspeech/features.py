@@ -81,6 +81,11 @@ class FeatureConfig:
         """Frame shift in samples."""
         return int(round(self.sample_rate * self.hop_ms / 1000))
 
+    @property
+    def frame_shift_seconds(self) -> float:
+        """Frame shift in seconds: seconds of speech per feature frame (adaptation data is reported in seconds)."""
+        return self.hop_ms / 1000.0
+
     def cache_key(self) -> str:
         """Stable 16-hex-digit hash of the settings and :data:`FEATURE_VERSION` (same config -> same key)."""
         payload = json.dumps({"version": FEATURE_VERSION, **asdict(self)}, sort_keys=True)

@@ -8,7 +8,7 @@ LHUC scales, the input transform, the head) plus metadata, saved with
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from metaspeech.audio import load_audio
 from metaspeech.batch import TaskBatch
-from metaspeech.checkpoint_io import CheckpointError, load_checkpoint_file
+from metaspeech.checkpoint_io import CheckpointError, MetaSpeechSection, load_checkpoint_file
 from metaspeech.checkpoint_io import save_atomically  # noqa: F401 -- re-exported: adaptation files are saved with it
 from metaspeech.config import instantiate
 from metaspeech.errors import DataError
@@ -32,26 +32,19 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 def load_module(checkpoint_path: str | Path) -> MetaSpeechModule:
     """Rebuild a trained :class:`MetaSpeechModule` from a metaspeech checkpoint (no pickled code)."""
     checkpoint = load_checkpoint_file(checkpoint_path)
-    info = checkpoint.get("metaspeech")
-    if not info:
-        raise CheckpointError(f"{checkpoint_path} is not a metaspeech checkpoint (no 'metaspeech' section)")
+    section = MetaSpeechSection.required(checkpoint, checkpoint_path)
     accepted = set(inspect.signature(MetaSpeechModule.__init__).parameters) - {"self", "recognizer", "algorithm", "scope"}
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
     module = MetaSpeechModule(
-        recognizer=instantiate(info["model"]), algorithm=instantiate(info["algorithm"]), scope=info["scope"], **hparams
+        recognizer=instantiate(section.model), algorithm=instantiate(section.algorithm), scope=section.scope, **hparams
     )
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"{checkpoint_path}: weights do not fit the model recorded in it: {err}") from err
     module.on_load_checkpoint(checkpoint)
-    module.feature_config = FeatureConfig(**_known(FeatureConfig, info.get("features") or {}))
+    module.use_front_end(module.tokenizer, section.feature_config())
     return module.eval()
-
-
-def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
 
 
 @dataclass
@@ -124,7 +117,7 @@ def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: 
         "model": module.model.init_config,
         "steps": steps,
         "utterances": len(recordings),
-        "seconds": float(support.inputs[1].sum()) * module.frame_shift_seconds,
+        "seconds": float(support.inputs[1].sum()) * module.feature_config.frame_shift_seconds,
         "support_loss_before": before,
         "support_loss_after": after,
     }
@@ -136,10 +129,7 @@ def _unadapted(module: MetaSpeechModule) -> dict[str, Tensor]:
 
 def load_adaptation(path: str | Path, module: MetaSpeechModule) -> dict[str, Tensor]:
     """Fast weights ``[1, ...]`` of a saved adaptation, checked against ``module``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"speaker adaptation {path} does not exist; create it with `metaspeech adapt`")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_checkpoint_file(path, what="speaker adaptation", hint="create it with `metaspeech adapt`")
     if data.get("model") != module.model.init_config:
         raise CheckpointError(
             f"{path} was adapted from a different model ({data.get('model', {}).get('class_path')}); "

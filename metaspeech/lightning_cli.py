@@ -68,20 +68,20 @@ class MetaSpeechCLI(LightningCLI):
 
     def _rebuild_from_checkpoint(self, config: Namespace, path: str) -> None:
         """Take the model's construction record from the checkpoint; refuse command-line overrides that contradict it."""
-        info = read_metaspeech_section(path)
+        section = read_metaspeech_section(path)
         recorded = {
-            "model.recognizer": info["model"],
-            "model.algorithm": info["algorithm"],
-            "model.scope": info["scope"],
+            "model.recognizer": section.model,
+            "model.algorithm": section.algorithm,
+            "model.scope": section.scope,
         }
-        if info.get("features") and "features" in config.data.get("init_args", {}):
-            recorded["data.init_args.features"] = info["features"]
+        if section.features and "features" in config.data.get("init_args", {}):
+            recorded["data.init_args.features"] = section.features
         for key, value in recorded.items():
             self._check_overrides(key, value, path)
             config[key] = _to_namespace(value)
         if "tokenizer_from" in config.data.get("init_args", {}) and not config.data.init_args.tokenizer_from:
             config.data.init_args.tokenizer_from = path
-        _resume_wandb_run(config, info.get("wandb_run_id"))
+        _resume_wandb_run(config, section.wandb_run_id)
 
     def _check_overrides(self, key: str, recorded: Any, path: str) -> None:
         """Refuse ``--<key>...`` arguments whose value differs from what the checkpoint recorded for ``key``.

@@ -47,6 +47,22 @@ class WandbLogger(_LightningWandbLogger):
             self._wandb_init.pop("anonymous", None)
 
 
+def log_run_config(loggers: Iterable[Logger], module: Any) -> None:
+    """Log what ``save_hyperparameters`` leaves out of a :class:`~metaspeech.module.MetaSpeechModule`'s
+    configuration: the recognizer, the algorithm, the scope, the test protocol and the augmentation."""
+    augmentation = module.augmentation.describe() if module.augmentation is not None else None
+    config = {"recognizer": module.model.init_config, "algorithm": module.algorithm.init_config, "scope": module.scope,
+              "test_shots": module.test_shots, "test_steps": module.test_steps,
+              "adaptation_guard": module.adaptation_guard, "augmentation": augmentation}
+    for logger in loggers:
+        logger.log_hyperparams(config)
+
+
+def wandb_run_id(loggers: Iterable[Logger]) -> str | None:
+    """The id of the W&B run among ``loggers``: a checkpoint records it, so ``test --ckpt_path`` logs into the fit's run."""
+    return next((str(logger.version) for logger in loggers if isinstance(logger, _LightningWandbLogger)), None)
+
+
 # ---------------------------------------------------------------- test report
 AudioSource = Callable[[str], "np.ndarray | None"]
 

@@ -15,13 +15,15 @@ records the whole search in the test report.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from metaspeech.algorithms.base import MetaAlgorithm
+from metaspeech.batch import EvaluationBatch
 from metaspeech.errors import ConfigError
+from metaspeech.evaluation import word_errors
 
 
 class InnerLearningRateSelection(Callback):
@@ -44,10 +46,37 @@ class InnerLearningRateSelection(Callback):
         else:
             loader = trainer.datamodule.val_dataloader()
             shots, steps = pl_module.hparams.val_shots, pl_module.hparams.val_steps
-            searched = {lr: pl_module.meta_val_wer(loader, shots, steps, inner_lr=lr) for lr in self.learning_rates}
+            searched = {lr: meta_val_wer(pl_module, loader, shots, steps, inner_lr=lr) for lr in self.learning_rates}
             best = min(searched, key=lambda lr: (searched[lr], lr))
             algorithm.eval_inner_lr = best
             self.result = {"eval_inner_lr": best, "shots": shots, "steps": steps,
                            "meta_val_wer": {str(lr): wer for lr, wer in searched.items()}}
             pl_module.print(f"inner learning rate {best} chosen on meta-val speakers (WER by candidate: {searched})")
         pl_module.protocol_settings["inner_lr_selection"] = self.result
+
+
+def meta_val_wer(module: L.LightningModule, loader: Iterable[EvaluationBatch], shots: int, steps: int,
+                 inner_lr: float | None = None) -> float:
+    """Corpus WER over the tasks of ``loader`` after ``module.adapt`` on ``shots`` utterances for ``steps`` steps,
+    with ``inner_lr`` as the test-time inner learning rate (default: the algorithm's own).
+
+    ``module`` is a :class:`~metaspeech.module.MetaSpeechModule`; its algorithm's learning rate and its
+    train/eval mode are restored afterwards.
+    """
+    algorithm = module.algorithm
+    saved, was_training = algorithm.eval_inner_lr, module.training
+    if inner_lr is not None:
+        algorithm.eval_inner_lr = inner_lr
+    module.eval()
+    errors = words = 0
+    try:
+        for item in loader:
+            item = module.transfer_batch_to_device(item, module.device, 0)
+            support = item.pool.take(min(shots, item.pool.examples_per_task))
+            hypotheses = module.transcribe(item.evaluation, module.adapt(support, steps))[0]
+            task_errors, task_words = word_errors(item.evaluation.texts[0], hypotheses)
+            errors, words = errors + task_errors, words + task_words
+    finally:
+        algorithm.eval_inner_lr = saved
+        module.train(was_training)
+    return errors / max(words, 1)

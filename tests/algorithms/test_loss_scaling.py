@@ -1,4 +1,4 @@
-"""Inner-loop loss scaling for fp16 (``MetaAlgorithm.inner_loss_scale``), on the sine toy.
+"""Inner-loop loss scaling for fp16 (``InnerLoop.loss_scale``), on the sine toy.
 
 Float16's smallest subnormal is ~6e-8: a support loss whose gradients are smaller
 than that gets all-zero inner gradients under fp16 autocast unless the loss is
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.algorithms import FOMAML, MAML, InnerGradientOverflowError
+from metaspeech.algorithms import FOMAML, MAML, InnerGradientOverflowError, InnerLoop
 from metaspeech.learner import Learner
 from metaspeech.toy import SineMLP, mse_loss, sine_meta_batch, sine_tasks
 
@@ -24,12 +24,11 @@ def _tiny_mse(output, targets, differentiable):
 def _inner_gradients(scale: float, fp16: bool) -> torch.Tensor:
     torch.manual_seed(0)
     learner = Learner(SineMLP(hidden=32), _tiny_mse, scope=["all"])
-    algorithm = FOMAML()
-    algorithm.inner_loss_scale = scale
+    loop = InnerLoop(steps=1, create_graph=False, loss_scale=scale)
     prepared = learner.prepare(sine_tasks(4, 16, torch.Generator().manual_seed(1)))
     fast = learner.expand(learner.init_weights(), prepared.num_tasks)
     with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
-        grads = algorithm.inner_gradients(learner.losses(fast, prepared), fast, create_graph=False)
+        grads = loop.gradients(learner.losses(fast, prepared), fast)
     return torch.cat([g.flatten().float() for g in grads])
 
 
@@ -48,9 +47,8 @@ def test_loss_scale_recovers_inner_gradients_that_underflow_in_float16() -> None
 def test_overflowing_scaled_inner_gradient_raises() -> None:
     learner = Learner(SineMLP(hidden=32), mse_loss, scope=["all"])
     algorithm = FOMAML(inner_steps=2)
-    algorithm.inner_loss_scale = 2.0**40
     with torch.autocast("cpu", dtype=torch.float16), pytest.raises(InnerGradientOverflowError, match="loss scale"):
-        algorithm.adapt(learner, sine_tasks(2, 8, torch.Generator().manual_seed(1)))
+        algorithm.adapt(learner, sine_tasks(2, 8, torch.Generator().manual_seed(1)), algorithm.inner_loop(loss_scale=2.0**40))
 
 
 def test_power_of_two_loss_scale_leaves_the_second_order_meta_gradient_unchanged() -> None:
@@ -61,9 +59,8 @@ def test_power_of_two_loss_scale_leaves_the_second_order_meta_gradient_unchanged
             torch.manual_seed(0)
             model = SineMLP(hidden=16)
             algorithm = MAML(inner_steps=2, inner_lr=0.05)
-            algorithm.inner_loss_scale = scale
             batch = sine_meta_batch(3, 5, torch.Generator().manual_seed(2))
-            algorithm.outer_loss(Learner(model, mse_loss, scope=["all"]), batch).loss.backward()
+            algorithm.outer_loss(Learner(model, mse_loss, scope=["all"]), batch, loss_scale=scale).loss.backward()
             meta_gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     finally:
         torch.set_default_dtype(torch.float32)

@@ -23,7 +23,7 @@ ALGORITHMS = {
 def _post_adaptation_loss(algorithm, learner, steps: int, seed: int = 123) -> float:
     algorithm.eval()
     batch = sine_meta_batch(25, 10, torch.Generator().manual_seed(seed))
-    adaptation = algorithm.adapt(learner, batch.support, steps=steps)
+    adaptation = algorithm.adapt(learner, batch.support, algorithm.inner_loop(steps=steps))
     return float(learner.losses(adaptation.fast, learner.prepare(batch.query)).mean().detach())
 
 

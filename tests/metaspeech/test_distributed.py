@@ -165,8 +165,8 @@ class HandWrittenGradients(FOMAML):
         self.synced = nn.Parameter(torch.zeros(self.SLOTS), requires_grad=False)
         self.unsynced = nn.Parameter(torch.zeros(self.SLOTS), requires_grad=False)
 
-    def outer_loss(self, learner, batch):
-        result = super().outer_loss(learner, batch)
+    def outer_loss(self, learner, batch, loss_scale=1.0):
+        result = super().outer_loss(learner, batch, loss_scale)
         grad = torch.zeros_like(self.synced)
         for task, loss in zip(batch.tasks, result.query_losses):
             grad[zlib.crc32(task.encode()) % self.SLOTS] += loss
@@ -213,6 +213,56 @@ def test_all_reduce_gradients_is_a_no_op_without_a_process_group() -> None:
     assert param.grad.tolist() == [1.0, 2.0]
 
 
+
+class _TestReport(Callback):
+    """In every rank: the held-out tasks it adapted to itself, and the report it ended the test with."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = str(out_dir)
+        self.local: list[str] = []
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        torch.set_num_threads(1)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.local += sorted({record.task for record in outputs.records})
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        report = pl_module.last_report
+        torch.save({"local": self.local, "records": [vars(r) for r in report.records], "rows": report.to_rows(),
+                    "seconds": dict(report.adaptation_seconds), "groups": dict(report.groups)},
+                   Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+def _in_order(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r["task"], r["shots"], r["steps"], r["utterance"]))
+
+
+def test_the_test_report_gathers_every_ranks_speakers_and_equals_one_process(tiny_data, tiny_module, tiny_trainer,
+                                                                              tmp_path, monkeypatch) -> None:
+    """Each rank adapts to its own share of the held-out speakers; gathered through the strategy, every rank
+    ends with the report one process computes over all of them."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    reports = {}
+    for devices in (2, 1):
+        monkeypatch.delenv("MASTER_PORT", raising=False)
+        out = tmp_path / f"devices{devices}"
+        out.mkdir()
+        data = tiny_data()
+        data.setup("test")
+        model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 1])
+        strategy = {"strategy": "ddp_fork"} if devices > 1 else {}
+        tiny_trainer(devices=devices, callbacks=[_TestReport(out)], **strategy).test(model, datamodule=data, verbose=False)
+        reports[devices] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(devices)]
+    (single,) = reports[1]
+    ranks = reports[2]
+    assert ranks[0]["local"] and ranks[1]["local"] and not set(ranks[0]["local"]) & set(ranks[1]["local"])
+    assert sorted(ranks[0]["local"] + ranks[1]["local"]) == sorted(single["local"])
+    for rank in ranks:
+        assert _in_order(rank["records"]) == _in_order(single["records"])
+        assert rank["rows"] == single["rows"] and rank["seconds"] == single["seconds"] and rank["groups"] == single["groups"]
 
 @pytest.mark.slow
 def test_metaspeech_fit_with_ddp_on_two_cpu_processes(tiny_cli_args, tmp_path: Path) -> None:

@@ -153,10 +153,24 @@ def _tiny_conformer_module(algorithm, **kwargs):
     return MetaSpeechModule(recognizer, algorithm, lr=3e-3, warmup_steps=1, **kwargs)
 
 
-def test_fp16_mixed_scales_the_inner_loss_and_clips_unscaled_gradients(tiny_data, tiny_trainer) -> None:
+def _record_loss_scales(monkeypatch, algorithm) -> list[float]:
+    """The loss scale of every inner loop ``algorithm.adapt`` runs, in call order (it is passed in, never stored)."""
+    scales: list[float] = []
+    original = algorithm.adapt
+
+    def adapt(learner, support, loop=None):
+        scales.append((loop or algorithm.inner_loop()).loss_scale)
+        return original(learner, support, loop)
+
+    monkeypatch.setattr(algorithm, "adapt", adapt)
+    return scales
+
+
+def test_fp16_mixed_scales_the_inner_loss_and_clips_unscaled_gradients(tiny_data, tiny_trainer, monkeypatch) -> None:
     grad_norms = {}
     for precision in ("32", "16"):
         module = _tiny_conformer_module(MAML(inner_steps=1, inner_lr=0.5), max_grad_norm=1e-3)
+        scales = _record_loss_scales(monkeypatch, module.algorithm)
         if precision == "16":
             trainer = _fp16_trainer(tiny_trainer, init_scale=2.0**8, max_steps=1)
         else:
@@ -167,7 +181,7 @@ def test_fp16_mixed_scales_the_inner_loss_and_clips_unscaled_gradients(tiny_data
         assert all(torch.isfinite(p).all() for p in module.parameters())
         clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None]))
         assert clipped == pytest.approx(1e-3, rel=1e-3), f"{precision}: gradients were not clipped after unscaling"
-    assert module.algorithm.inner_loss_scale == 2.0**8, "the inner loop did not use the GradScaler's scale"
+        assert scales == [2.0**8 if precision == "16" else 1.0], "the inner loop did not use the GradScaler's scale"
     assert 0.8 < grad_norms["16"] / grad_norms["32"] < 1.25, f"logged gradient norm is loss-scaled: {grad_norms}"
 
 
@@ -180,7 +194,7 @@ def test_fp16_skipped_step_backs_off_the_loss_scale(tiny_data, tiny_trainer, mon
     assert trainer.precision_plugin.scaler.get_scale() == 2.0**11
 
 
-def test_fp16_test_time_adaptation_lowers_the_loss_when_the_scale_overflows(tiny_data, tiny_trainer) -> None:
+def test_fp16_test_time_adaptation_lowers_the_loss_when_the_scale_overflows(tiny_data, tiny_trainer, monkeypatch) -> None:
     data = tiny_data()
     module = _tiny_conformer_module(FOMAML(inner_steps=1, inner_lr=0.5))
     trainer = _fp16_trainer(tiny_trainer, init_scale=2.0**12, max_steps=5)
@@ -189,11 +203,13 @@ def test_fp16_test_time_adaptation_lowers_the_loss_when_the_scale_overflows(tiny
     scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0**60})  # the inner gradients overflow at this scale
     data.setup("validate")
     item = next(iter(data.val_dataloader()))
+    scales = _record_loss_scales(monkeypatch, module.algorithm)
     with torch.autocast("cpu", dtype=torch.float16):
         before = module.evaluation_loss(item.pool, module.learner.expand(module.learner.init_weights(), 1)).mean()
         fast = module.adapt(item.pool, steps=3)
         after = module.evaluation_loss(item.pool, fast).mean()
-    assert module.algorithm.inner_loss_scale < 2.0**60
+    assert scales[0] == 2.0**60 and scales[-1] < 2.0**60, f"the overflowing scale was not backed off: {scales}"
+    assert all(later == earlier / 2 for earlier, later in zip(scales, scales[1:])), scales
     assert torch.isfinite(after) and after < before
 
 

@@ -1,0 +1,82 @@
+"""How one inner loop runs, passed in as an argument: its steps, second order, and the fp16 loss scale.
+
+Why an argument and not plugin state: the loss scale belongs to the run (the Trainer's
+GradScaler at this outer step), not to the algorithm. An :class:`InnerLoop` is handed to
+every inner loop (``MetaAlgorithm.adapt``) and ``outer_loss`` receives the scale, so
+nothing is set on the plugin behind its back. The loop's gradients come from
+:meth:`InnerLoop.gradients`, which scales and unscales them and checks them; a plugin
+that overrides ``adapt`` takes its gradients there too and keeps fp16 working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from metaspeech.learner import FastWeights
+
+
+class NonFiniteLossError(FloatingPointError):
+    """An inner-loop loss was NaN/inf; ``tasks`` lists the offending task indices."""
+
+    def __init__(self, step: int, tasks: list[int], message: str | None = None) -> None:
+        super().__init__(message or f"non-finite inner-loop loss at inner step {step} for task(s) {tasks}")
+        self.step = step
+        self.tasks = tasks
+
+
+class InnerGradientOverflowError(NonFiniteLossError):
+    """A loss-scaled inner-loop gradient overflowed (fp16): run the loop again with a smaller ``loss_scale``."""
+
+    def __init__(self, step: int, scale: float) -> None:
+        super().__init__(step, [], f"inner-loop gradient overflowed at inner step {step} with loss scale {scale:g}")
+        self.scale = scale
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """One inner loop's settings.
+
+    Args:
+        steps: inner SGD steps.
+        create_graph: differentiate through the inner steps (second order); the algorithm may
+            truncate it to its last steps (``second_order_steps``).
+        loss_scale: multiplies the support loss before ``autograd.grad``; the gradients are
+            divided by it after (PyTorch's AMP recipe for gradients of gradients), so small
+            inner gradients do not underflow in float16. The Trainer's GradScaler scale under
+            ``16-mixed``; 1.0 in float32, float64 and bf16.
+    """
+
+    steps: int
+    create_graph: bool = False
+    loss_scale: float = 1.0
+
+    def at_scale(self, loss_scale: float) -> "InnerLoop":
+        """This loop with another loss scale (the fp16 retry after an overflow)."""
+        return replace(self, loss_scale=loss_scale)
+
+    def gradients(
+        self, losses: Tensor, fast: FastWeights, step: int = 0, create_graph: bool | None = None
+    ) -> list[Tensor | None]:
+        """Gradient of ``losses.sum()`` (``[T]``) w.r.t. every fast weight ``[T, ...]``: task t's lands in slice t.
+
+        ``create_graph`` (default: the loop's) says whether this step is differentiated through.
+        Raises :class:`NonFiniteLossError` on a NaN/inf loss and :class:`InnerGradientOverflowError`
+        when a loss-scaled gradient is not finite.
+        """
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            raise NonFiniteLossError(step, torch.nonzero(~finite).flatten().tolist())
+        graph = self.create_graph if create_graph is None else create_graph
+        scale = self.loss_scale
+        total = losses.sum() if scale == 1.0 else losses.sum() * scale
+        grads = torch.autograd.grad(total, list(fast.values()), create_graph=graph, allow_unused=True)
+        if scale == 1.0:
+            return list(grads)
+        grads = [None if g is None else g * (1.0 / scale) for g in grads]
+        present = [g for g in grads if g is not None]
+        if present and not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):
+            raise InnerGradientOverflowError(step, scale)
+        return grads
