@@ -252,10 +252,11 @@ def test_the_test_report_gathers_every_ranks_speakers_and_equals_one_process(tin
         out.mkdir()
         data = tiny_data()
         data.setup("test")
-        model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 1])
+        model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 1], results_dir=str(out))
         strategy = {"strategy": "ddp_fork"} if devices > 1 else {}
         tiny_trainer(devices=devices, callbacks=[_TestReport(out)], **strategy).test(model, datamodule=data, verbose=False)
         reports[devices] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(devices)]
+        assert (out / "adaptation_fomaml.json").is_file()  # written once, by rank 0
     (single,) = reports[1]
     ranks = reports[2]
     assert ranks[0]["local"] and ranks[1]["local"] and not set(ranks[0]["local"]) & set(ranks[1]["local"])
