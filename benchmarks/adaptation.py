@@ -50,7 +50,7 @@ def main() -> None:
         print(f"wrote {summary['json']}, {summary['plot']}")
         return
 
-    overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", str(REPO / "configs/protocol.yaml"), *extra]
+    overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", str(REPO / "configs/protocol/benchmark.yaml"), *extra]
     start = time.perf_counter()
     summary = run_comparison(
         [str(REPO / "configs" / f"{name}.yaml") for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),

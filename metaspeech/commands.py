@@ -137,7 +137,7 @@ def demo(argv: list[str]) -> int:
     summary = run_comparison(
         [f"configs/{args.algorithm}.yaml", "configs/joint.yaml"], f"configs/data/embedded_{args.preset.replace('-', '_')}.yaml",
         "configs/trainer/cpu.yaml", Path(args.output), args.seeds,
-        [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", "configs/protocol.yaml", *unknown],
+        [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", "configs/protocol/benchmark.yaml", *unknown],
         base_config="configs/base.yaml", base_steps=args.base_steps,
     )
     print(summary["table"])

@@ -57,7 +57,7 @@ def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_
     assert {r["algorithm"] for r in rows} == {"fomaml", "joint"}
     assert {r["outer_steps"] for r in rows} == {2} and all(r["train_seconds"] > 0 for r in rows)
     assert "Budget from the shared start" in printed
-    assert printed.count("chosen on meta-val speakers") == 2  # configs/protocol.yaml: each algorithm's inner lr
+    assert printed.count("chosen on meta-val speakers") == 2  # configs/protocol/benchmark.yaml: each algorithm's inner lr
     assert {(r["shots"], r["steps"]) for r in rows if r["group"] == "all"} == {(1, 0), (1, 2), (3, 0), (3, 2)}
     assert {r["group"] for r in rows} >= {"all", "unseen accent"}
     assert (tmp_path / "wer_vs_steps.png").stat().st_size > 1000
