@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -65,24 +66,66 @@ def score(module: Any, loader: Iterable[Any], groups: dict[str, str]) -> dict[st
     return {group: errors[group] / max(words[group], 1) for group in errors}
 
 
-def run_recipe(name: str, overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Train one recipe for ``args.steps`` outer steps; its wall-clock and s = 0 WERs."""
-    root = Path(args.output) / name
-    cli = _cli(args.algorithm, args.data, args.trainer, root, args.seed,
-               [*QUICK_RUN, f"--trainer.max_steps={args.steps}", *overrides])
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds = time.perf_counter() - start
-    data, module = cli.datamodule, cli.model
+def score_groups(module: Any, data: Any) -> dict[str, Any]:
+    """s = 0 WERs of ``module`` on the meta-val groups and on the seen speakers' new sentences."""
+    was_training = module.training
     with torch.no_grad():
         val = score(module, data.val_dataloader(), data.task_groups("val"))
         seen_loader = DataLoader(EvaluationTaskDataset(data.datasets["test"], data.seen_tasks), batch_size=None)
         seen = score(module, seen_loader, {})["all"] if data.seen_tasks else float("nan")
+    module.train(was_training)
+    return {"meta_val": val, SEEN_SPEAKERS: seen}
+
+
+class LearningCurve(L.Callback):
+    """Score the recognizer every ``every`` outer steps; the scoring time is not counted as training time."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.points: list[dict[str, Any]] = []
+        self.scoring_seconds = 0.0
+        self.start = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step < trainer.max_steps:
+            start = time.perf_counter()
+            minutes = (start - self.start - self.scoring_seconds) / 60
+            self.points.append({"step": step, "train_minutes": round(minutes, 2), **score_groups(pl_module, trainer.datamodule)})
+            self.scoring_seconds += time.perf_counter() - start
+
+
+def run_recipe(name: str, overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Train one recipe for ``args.steps`` outer steps; its wall-clock and s = 0 WERs (and the curve on the way)."""
+    root = Path(args.output) / name
+    cli = _cli(args.algorithm, args.data, args.trainer, root, args.seed,
+               [*QUICK_RUN, f"--trainer.max_steps={args.steps}", *overrides])
+    curve = LearningCurve(args.eval_every)
+    cli.trainer.callbacks.append(curve)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - start - curve.scoring_seconds
+    final = {"step": args.steps, "train_minutes": round(seconds / 60, 2), **score_groups(cli.model, cli.datamodule)}
     result = {"recipe": name, "overrides": overrides, "steps": args.steps, "train_seconds": round(seconds, 1),
-              "meta_val": val, SEEN_SPEAKERS: seen}
+              "meta_val": final["meta_val"], SEEN_SPEAKERS: final[SEEN_SPEAKERS], "curve": [*curve.points, final]}
     if args.keep_checkpoints:
         cli.trainer.save_checkpoint(root / "base.ckpt", weights_only=True)
     return result
+
+
+def curve_markdown(results: list[dict[str, Any]]) -> str:
+    """One row per recipe and scored step: how the error falls with training."""
+    lines = ["| recipe | step | train min | seen speakers, new sentences | meta-val seen accent | meta-val unseen accent |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        for p in r.get("curve", []):
+            val = p["meta_val"]
+            lines.append(f"| {r['recipe']} | {p['step']} | {p['train_minutes']:.1f} | {100 * p[SEEN_SPEAKERS]:.1f} | "
+                         f"{100 * val.get('seen accent', float('nan')):.1f} | {100 * val.get('unseen accent', float('nan')):.1f} |")
+    return "\n".join(lines)
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -109,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainer", default="configs/trainer/cpu.yaml")
     parser.add_argument("--output", default="results/base_recipe")
     parser.add_argument("--keep_checkpoints", action="store_true")
+    parser.add_argument("--eval_every", type=int, default=0, help="also score every N outer steps (a learning curve)")
     args = parser.parse_args(argv)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -117,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_recipe(name, [*RECIPES[name], *args.extra], args))
         (output / "base_recipe.json").write_text(json.dumps(results, indent=2))
         print(markdown(results), flush=True)
-    (output / "base_recipe.md").write_text(markdown(results) + "\n")
+    curves = "\n\n" + curve_markdown(results) if args.eval_every else ""
+    print(curves, flush=True)
+    (output / "base_recipe.md").write_text(markdown(results) + curves + "\n")
     return 0
 
 

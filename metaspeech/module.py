@@ -52,8 +52,9 @@ class MetaSpeechModule(L.LightningModule):
         lr: outer (meta) learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warmup in outer steps.
-        lr_decay: after the warmup, ``constant`` or ``cosine`` (to ``min_lr_ratio * lr`` at ``trainer.max_steps``).
-        min_lr_ratio: the final learning rate of the cosine decay, as a fraction of ``lr``.
+        lr_decay: after the warmup, ``constant``, ``cosine`` or ``wsd`` (constant, then linear over the last
+            20 % of the steps), both of the latter to ``min_lr_ratio * lr`` at ``trainer.max_steps``.
+        min_lr_ratio: the final learning rate of the decay, as a fraction of ``lr``.
         max_grad_norm: clip the meta-gradient to this global norm (None: no clipping).
         val_shots: adaptation utterances per meta-val speaker.
         val_steps: inner steps for validation.

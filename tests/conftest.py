@@ -80,15 +80,17 @@ def tiny_module():
 
 
 @pytest.fixture
-def tiny_trainer():
-    """A factory for a quiet CPU Trainer (no logger, no checkpoints) with test-time gradients enabled."""
+def tiny_trainer(tmp_path):
+    """A factory for a quiet CPU Trainer (no logger, no checkpoints) with test-time gradients enabled.
+
+    Its root folder is the test's temporary folder, so reports written by ``trainer.test`` never land in the checkout."""
     import lightning as L
 
     def make(**overrides):
         args = dict(
             accelerator="cpu", devices=1, max_steps=30, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
-            use_distributed_sampler=False, limit_val_batches=3, num_sanity_val_steps=0,
+            use_distributed_sampler=False, limit_val_batches=3, num_sanity_val_steps=0, default_root_dir=tmp_path,
         )
         args.update(overrides)
         return L.Trainer(**args)

@@ -19,6 +19,14 @@ def test_cosine_falls_from_one_to_the_floor_at_the_last_step_and_stays() -> None
     assert rates == sorted(rates, reverse=True)
 
 
+def test_wsd_holds_the_peak_then_falls_linearly_over_the_last_fifth_to_the_floor() -> None:
+    rates = [lr_factor(s, 10, "wsd", 110, 0.1) for s in range(10, 115)]  # 100 steps after the warmup
+    assert rates[:81] == [1.0] * 81  # steps 10..90: the stable phase
+    assert rates[90] == pytest.approx(0.55)  # half way through the decay (step 100)
+    assert rates[100] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.1)
+    assert rates == sorted(rates, reverse=True)
+
+
 @pytest.mark.parametrize("total", [None, -1, 2])
 def test_cosine_without_a_known_end_after_the_warmup_stays_constant(total) -> None:
     assert lr_factor(5, 2, "cosine", total, 0.1) == 1.0
