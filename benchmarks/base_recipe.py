@@ -39,6 +39,9 @@ SPEC_AUGMENT = [
 RECIPES: dict[str, list[str]] = {
     "baseline": [],
     "cosine": ["--model.lr_decay=cosine"],
+    "wsd": ["--model.lr_decay=wsd"],
+    "lr6e-3_4tasks": ["--model.lr=0.006", "--data.init_args.tasks_per_batch=4"],
+    "lr6e-3_4tasks_wsd": ["--model.lr=0.006", "--data.init_args.tasks_per_batch=4", "--model.lr_decay=wsd"],
     "cosine_lr5e-3": ["--model.lr_decay=cosine", "--model.lr=0.005"],
     "cosine_specaug": ["--model.lr_decay=cosine", *SPEC_AUGMENT],
     "cosine_warp": ["--model.lr_decay=cosine", "--model.augmentation=metaspeech.augmentation.EpisodeAugmentation"],
@@ -95,6 +98,7 @@ class LearningCurve(L.Callback):
             start = time.perf_counter()
             minutes = (start - self.start - self.scoring_seconds) / 60
             self.points.append({"step": step, "train_minutes": round(minutes, 2), **score_groups(pl_module, trainer.datamodule)})
+            print(json.dumps(self.points[-1]), flush=True)
             self.scoring_seconds += time.perf_counter() - start
 
 
