@@ -62,14 +62,13 @@ def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tu
     from benchmarks.reference_loop import reference_outer_loss
     from metaspeech.algorithms import FOMAML, MAML, HyperInit, Reptile
     from metaspeech.learner import Learner
-    from metaspeech.losses import CTCLoss
     from metaspeech.models import BiLSTMCTC
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = BiLSTMCTC(**(model_kwargs or {})).to(device)
     scope = SCOPES[args.scope]
-    learner = Learner(model, CTCLoss(), scope)
+    learner = Learner(model, model.loss, scope)
     if getattr(args, "body", "trained") == "frozen":
         for parameter in learner.outside_scope():
             parameter.requires_grad_(False)  # what a learn2learn user freezes; both implementations see it

@@ -143,6 +143,6 @@ def load_adaptation(path: str | Path, module: MetaSpeechModule) -> dict[str, Ten
 
 
 def transcribe_files(module: MetaSpeechModule, recordings: list[Recording], adaptation: dict[str, Tensor] | None) -> list[str]:
-    """Greedy CTC transcripts of ``recordings`` (with a speaker adaptation if given)."""
+    """Transcripts of ``recordings`` by the recognizer's decoder (with a speaker adaptation if given)."""
     batch = featurize(recordings, module.feature_config, None)
     return module.transcribe(batch, adaptation)[0]

@@ -14,7 +14,6 @@ from benchmarks.reference_loop import reference_outer_loss
 from metaspeech.algorithms import FOMAML, MAML, Reptile
 from metaspeech.batch import MetaBatch, TaskBatch
 from metaspeech.learner import Learner
-from metaspeech.losses import CTCLoss
 from metaspeech.models import BiLSTMCTC, ConformerCTC
 
 RECOGNIZERS = {
@@ -52,7 +51,7 @@ def _float64():
 def test_engine_meta_gradient_equals_the_per_task_loop(recognizer: str, scope: list[str], kind: str) -> None:
     torch.manual_seed(0)
     model = RECOGNIZERS[recognizer]()
-    learner = Learner(model, CTCLoss(), scope)
+    learner = Learner(model, model.loss, scope)
     assert learner.task_batched and (learner.first_stage > 0) == ("lin" not in scope)  # a cached prefix unless LIN is adapted
     batch = _meta_batch()
 
