@@ -93,7 +93,7 @@ def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tu
             generator = lambda t: {n: w[t] for n, w in fast.items()}  # noqa: E731
         kind = args.algorithm if args.algorithm != "hyperinit" else "fomaml"
         reference_outer_loss(
-            model, learner.loss, learner.scope, batch, args.steps, 0.1, kind, generator, args.second_order_steps
+            model, learner.loss, learner.adapted_names, batch, args.steps, 0.1, kind, generator, args.second_order_steps
         ).backward()
 
     return (engine_step if args.implementation == "engine" else reference_step), model
