@@ -33,7 +33,6 @@ def main() -> None:
     from metaspeech.datamodules import EmbeddedCorpus
     from metaspeech.datamodules.embedded import generate_corpus
     from metaspeech.learner import Learner
-    from metaspeech.losses import CTCLoss
     from metaspeech.manifest import read_manifest
     from metaspeech.models import BiLSTMCTC
 
@@ -57,7 +56,7 @@ def main() -> None:
         loading = (time.perf_counter() - start) / args.batches
 
         model = BiLSTMCTC(vocab_size=data.vocab_size, input_dim=data.feature_dim)
-        learner = Learner(model, CTCLoss(), ["lin", "lhuc", "head"])
+        learner = Learner(model, model.loss, ["lin", "lhuc", "head"])
         algorithm = FOMAML(inner_steps=3, inner_lr=0.5)
         algorithm.setup(learner)
         algorithm.outer_loss(learner, batches[0]).loss.backward()

@@ -62,14 +62,13 @@ def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tu
     from benchmarks.reference_loop import reference_outer_loss
     from metaspeech.algorithms import FOMAML, MAML, HyperInit, Reptile
     from metaspeech.learner import Learner
-    from metaspeech.losses import CTCLoss
     from metaspeech.models import BiLSTMCTC
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = BiLSTMCTC(**(model_kwargs or {})).to(device)
     scope = SCOPES[args.scope]
-    learner = Learner(model, CTCLoss(), scope)
+    learner = Learner(model, model.loss, scope)
     if getattr(args, "body", "trained") == "frozen":
         for parameter in learner.outside_scope():
             parameter.requires_grad_(False)  # what a learn2learn user freezes; both implementations see it
@@ -94,7 +93,7 @@ def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tu
             generator = lambda t: {n: w[t] for n, w in fast.items()}  # noqa: E731
         kind = args.algorithm if args.algorithm != "hyperinit" else "fomaml"
         reference_outer_loss(
-            model, learner.loss, learner.scope, batch, args.steps, 0.1, kind, generator, args.second_order_steps
+            model, learner.loss, learner.adapted_names, batch, args.steps, 0.1, kind, generator, args.second_order_steps
         ).backward()
 
     return (engine_step if args.implementation == "engine" else reference_step), model

@@ -25,19 +25,20 @@ def _task_loss(model, loss_fn, params: dict[str, Tensor], batch: TaskBatch, t: i
 
 
 def reference_outer_loss(
-    model, loss_fn, scope: list[str], batch: MetaBatch, steps: int, lr: float, kind: str, generator=None,
+    model, loss_fn, adapted_names: list[str], batch: MetaBatch, steps: int, lr: float, kind: str, generator=None,
     second_order_steps: int | None = None,
 ) -> Tensor:
     """Outer loss of ``kind`` in {maml, fomaml, reptile, hyperinit} by a per-task Python loop.
 
-    ``generator`` (hyperinit only) maps a task index to its generated initial scope weights.
+    ``adapted_names`` are the parameter names a scope resolves to (``Learner.adapted_names``).
+    ``generator`` (hyperinit only) maps a task index to its generated initial adapted weights.
     ``second_order_steps`` (maml only): differentiate through the last that-many inner steps only.
     """
     first_second_order = 0 if second_order_steps is None else steps - second_order_steps
     shared = dict(model.named_parameters())
     total = 0.0
     for t in range(batch.num_tasks):
-        fast = {n: shared[n] for n in scope} if generator is None else generator(t)
+        fast = {n: shared[n] for n in adapted_names} if generator is None else generator(t)
         support = batch.support if kind != "reptile" else TaskBatch.concat_examples(batch.support, batch.query)
         for step in range(steps):
             second_order = kind == "maml" and step >= first_second_order
@@ -45,7 +46,7 @@ def reference_outer_loss(
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order)
             fast = {n: w - lr * g for (n, w), g in zip(fast.items(), grads)}
         if kind == "reptile":
-            total = total + sum(0.5 * (shared[n] - fast[n].detach()).pow(2).sum() for n in scope)
+            total = total + sum(0.5 * (shared[n] - fast[n].detach()).pow(2).sum() for n in adapted_names)
             total = total + _task_loss(model, loss_fn, {**shared, **{n: w.detach() for n, w in fast.items()}}, support, t, False)
         else:
             total = total + _task_loss(model, loss_fn, {**shared, **fast}, batch.query, t, False)

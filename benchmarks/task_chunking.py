@@ -28,14 +28,13 @@ def measure(args: argparse.Namespace) -> dict:
     from benchmarks.engine_speed import peak_memory, synthetic_meta_batch, timed_steps
     from metaspeech.algorithms import MAML
     from metaspeech.learner import Learner
-    from metaspeech.losses import CTCLoss
     from metaspeech.models import BiLSTMCTC
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = BiLSTMCTC().to(device)
-    learner = Learner(model, CTCLoss(), ["lhuc"])
+    learner = Learner(model, model.loss, ["lhuc"])
     algorithm = MAML(inner_steps=args.steps, inner_lr=0.1)
     batch = synthetic_meta_batch(args.tasks, args.shots, args.frames, model.vocab_size)
     batch = type(batch)(support=_to(batch.support, device), query=_to(batch.query, device))

@@ -12,14 +12,14 @@ padded with 0 (the CTC blank, never read beyond ``token_lengths``).
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.datamodules.dataset import UtteranceDataset, UtteranceItem
-from metaspeech.datamodules.sampler import EvaluationTask
+from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler
 
 
 def collate_tasks(items: Sequence[Sequence[UtteranceItem]]) -> TaskBatch:
@@ -66,18 +66,22 @@ class MetaBatchCollator:
     Receives the flat, task-major list of ``T * (k_shot + q_query)`` items and
     returns a :class:`MetaBatch` (support ``[T, k_shot]``, query ``[T, q_query]``).
 
-    Task names come from ``task_names``: per dataset row, its task
-    (:meth:`UtteranceDataset.task_names` builds it), looked up through each
-    item's ``index``. Every item of an episode must name the same task, which
-    catches a sampler and collator built from different task maps. Without
-    ``task_names``, ``MetaBatch.tasks`` is empty.
+    Task names come from the sampler, their one owner: ``task_of_row`` is its
+    :attr:`SpeakerEpisodeSampler.task_of_row`, looked up through the first item's
+    ``index`` of each episode (build the collator with :meth:`for_sampler`).
+    Without ``task_of_row``, ``MetaBatch.tasks`` is empty.
     """
 
-    def __init__(self, k_shot: int, q_query: int, task_names: Sequence[str] | None = None) -> None:
+    def __init__(self, k_shot: int, q_query: int, task_of_row: Mapping[int, str] | None = None) -> None:
         if k_shot < 1 or q_query < 1:
             raise ValueError(f"k_shot and q_query must be >= 1, got {k_shot} and {q_query}")
         self.k_shot, self.q_query = k_shot, q_query
-        self.task_names = list(task_names) if task_names is not None else None
+        self.task_of_row = dict(task_of_row) if task_of_row is not None else None
+
+    @classmethod
+    def for_sampler(cls, sampler: SpeakerEpisodeSampler) -> MetaBatchCollator:
+        """The collator of ``sampler``'s meta-batches: its shots, and its task names."""
+        return cls(sampler.k_shot, sampler.q_query, sampler.task_of_row)
 
     def __call__(self, items: Sequence[UtteranceItem]) -> MetaBatch:
         per_task = self.k_shot + self.q_query
@@ -86,22 +90,12 @@ class MetaBatchCollator:
                 f"a meta-batch needs a multiple of k_shot+q_query={per_task} items (task-major), got {len(items)}"
             )
         episodes = [list(items[start : start + per_task]) for start in range(0, len(items), per_task)]
+        tasks = [self.task_of_row[episode[0].index] for episode in episodes] if self.task_of_row is not None else []
         return MetaBatch(
             support=collate_tasks([episode[: self.k_shot] for episode in episodes]),
             query=collate_tasks([episode[self.k_shot :] for episode in episodes]),
-            tasks=self._name_tasks(episodes),
+            tasks=tasks,
         )
-
-    def _name_tasks(self, episodes: list[list[UtteranceItem]]) -> list[str]:
-        if self.task_names is None:
-            return []
-        tasks = []
-        for episode in episodes:
-            names = {self.task_names[item.index] for item in episode}
-            if len(names) != 1:
-                raise ValueError(f"an episode mixes tasks {sorted(names)}; the sampler and collator disagree on the task map")
-            tasks.append(names.pop())
-        return tasks
 
 
 def collate_evaluation_task(dataset: UtteranceDataset, task: EvaluationTask) -> EvaluationBatch:

@@ -7,7 +7,7 @@ in float16 to halve host memory; items always come out as float32.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -85,20 +85,3 @@ class UtteranceDataset(Dataset):
     def feature_dim(self) -> int | None:
         """``F`` of the features, or None for an empty dataset."""
         return int(self.features[0].shape[1]) if self.features else None
-
-    def task_names(self, task_to_indices: Mapping[str, Sequence[int]]) -> list[str]:
-        """Per dataset row, the name of its task (``""`` for rows in no task).
-
-        This is the lookup :class:`~metaspeech.datamodules.collate.MetaBatchCollator`
-        needs to name the tasks of a meta-batch. A row listed under two tasks is
-        an error: episodes would then not be single-task.
-        """
-        names = [""] * len(self)
-        for name, indices in task_to_indices.items():
-            for index in indices:
-                if not 0 <= index < len(self):
-                    raise IndexError(f"task {name!r} lists row {index}, but the dataset has {len(self)} rows")
-                if names[index]:
-                    raise ValueError(f"row {index} ({self.ids[index]!r}) belongs to two tasks: {names[index]!r} and {name!r}")
-                names[index] = str(name)
-        return names

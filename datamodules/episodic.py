@@ -316,9 +316,8 @@ class EpisodicDataModule(L.LightningDataModule):
             sampler.load_state_dict(self._resume_state)
             self._resume_state = None
         self.train_sampler = sampler
-        dataset = self.datasets["train"]
         return EpisodeLoader(
-            dataset, batch_sampler=sampler, collate_fn=MetaBatchCollator(self.k_shot, self.q_query, dataset.task_names(self.task_indices["train"])),
+            self.datasets["train"], batch_sampler=sampler, collate_fn=MetaBatchCollator.for_sampler(sampler),
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )
 

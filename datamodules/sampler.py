@@ -60,6 +60,16 @@ def _split_by_size(
     return kept
 
 
+def _task_of_row(tasks: Mapping[str, Sequence[int]]) -> dict[int, str]:
+    """Dataset row -> the name of its task; a row listed under two tasks is an error (episodes would mix tasks)."""
+    owner: dict[int, str] = {}
+    for name, rows in tasks.items():
+        for row in rows:
+            if owner.setdefault(row, name) != name:
+                raise ValueError(f"dataset row {row} belongs to two tasks: {owner[row]!r} and {name!r}")
+    return owner
+
+
 class SpeakerEpisodeSampler:
     """Batch sampler for meta-training: each item is one meta-batch of dataset indices.
 
@@ -86,6 +96,10 @@ class SpeakerEpisodeSampler:
     sampler shards itself; Lightning cannot inject a ``DistributedSampler``
     into a custom batch sampler). Lightning calls ``set_epoch`` on
     ``batch_sampler.sampler``, which is why :attr:`sampler` returns this object.
+
+    Task names: the sampler owns them. A DataLoader passes only indices on, so
+    :attr:`task_of_row` (dataset row -> task name) is what the collator names each
+    episode with (``MetaBatchCollator.for_sampler``).
 
     Args:
         task_to_indices: task name (a speaker, an accent, ...) -> its dataset indices.
@@ -119,6 +133,7 @@ class SpeakerEpisodeSampler:
             task_to_indices, k_shot + q_query, task_key, "k_shot+q_query", "SpeakerEpisodeSampler excludes"
         )
         self.task_names = list(self.tasks)
+        self.task_of_row = _task_of_row(self.tasks)
         self._check_enough_tasks(task_key)
         self.epoch = 0
         self.batches_done = 0

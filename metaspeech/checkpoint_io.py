@@ -10,7 +10,9 @@ the construction record (model, algorithm, scope, tokenizer, features) and the r
 state of an exact resume. The module's checkpoint hooks write and read it
 (:func:`save_module_section`, :func:`restore_module_section`),
 :func:`read_metaspeech_section` reads it from a file (``test --ckpt_path``,
-``tokenizer_from``, ``metaspeech adapt``), and :func:`load_recognizer_weights` takes
+``tokenizer_from``, ``metaspeech adapt``), :meth:`MetaSpeechSection.module_arguments`
+gives Lightning's ``load_from_checkpoint`` what the hyperparameters lack
+(:func:`metaspeech.inference.load_module`), and :func:`load_recognizer_weights` takes
 the recognizer's weights from ``state_dict`` (``model.init_from``).
 
 Writing: a checkpoint on disk is always either the old one or the new one, never half of one.
@@ -53,6 +55,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 from torch import nn
 
+from metaspeech.config import instantiate
 from metaspeech.errors import ConfigError, MetaSpeechError
 from metaspeech.features import FeatureConfig
 from metaspeech.loggers import wandb_run_id
@@ -124,6 +127,11 @@ class MetaSpeechSection:
             return None
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in info.items() if key in known})
+
+    def module_arguments(self) -> dict[str, Any]:
+        """The module's constructor arguments for ``load_from_checkpoint``: the recognizer and the algorithm,
+        which its saved hyperparameters leave out (rebuilt from their records, weights untrained), and the scope."""
+        return {"recognizer": instantiate(self.model), "algorithm": instantiate(self.algorithm), "scope": list(self.scope)}
 
     def feature_config(self) -> FeatureConfig:
         """The recorded feature settings (defaults where the section predates a setting)."""

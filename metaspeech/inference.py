@@ -7,7 +7,6 @@ LHUC scales, the input transform, the head) plus metadata, saved with
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ from torch import Tensor
 
 from metaspeech.audio import load_audio
 from metaspeech.batch import TaskBatch
-from metaspeech.checkpoint_io import CheckpointError, MetaSpeechSection, load_checkpoint_file
+from metaspeech.checkpoint_io import CheckpointError, load_checkpoint_file, read_metaspeech_section
 from metaspeech.checkpoint_io import save_atomically  # noqa: F401 -- re-exported: adaptation files are saved with it
-from metaspeech.config import instantiate
 from metaspeech.errors import DataError
 from metaspeech.features import FeatureConfig, FeatureExtractor
 from metaspeech.module import MetaSpeechModule
@@ -30,19 +28,20 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def load_module(checkpoint_path: str | Path) -> MetaSpeechModule:
-    """Rebuild a trained :class:`MetaSpeechModule` from a metaspeech checkpoint (no pickled code)."""
-    checkpoint = load_checkpoint_file(checkpoint_path)
-    section = MetaSpeechSection.required(checkpoint, checkpoint_path)
-    accepted = set(inspect.signature(MetaSpeechModule.__init__).parameters) - {"self", "recognizer", "algorithm", "scope"}
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-    module = MetaSpeechModule(
-        recognizer=instantiate(section.model), algorithm=instantiate(section.algorithm), scope=section.scope, **hparams
-    )
+    """Rebuild a trained :class:`MetaSpeechModule` from a metaspeech checkpoint (no pickled code), in eval mode.
+
+    Lightning's ``load_from_checkpoint`` does the rebuilding (hyperparameters, ``on_load_checkpoint``,
+    strict weights); the checkpoint's ``metaspeech`` section gives it the recognizer and algorithm the
+    hyperparameters leave out, the scope and the features it was trained on. Reading the section
+    first turns a missing, unreadable or non-metaspeech file into a :class:`CheckpointError`.
+    """
+    section = read_metaspeech_section(checkpoint_path)
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        module = MetaSpeechModule.load_from_checkpoint(
+            checkpoint_path, map_location="cpu", weights_only=True, **section.module_arguments()
+        )
     except RuntimeError as err:
         raise CheckpointError(f"{checkpoint_path}: weights do not fit the model recorded in it: {err}") from err
-    module.on_load_checkpoint(checkpoint)
     module.use_front_end(module.tokenizer, section.feature_config())
     return module.eval()
 
@@ -143,6 +142,6 @@ def load_adaptation(path: str | Path, module: MetaSpeechModule) -> dict[str, Ten
 
 
 def transcribe_files(module: MetaSpeechModule, recordings: list[Recording], adaptation: dict[str, Tensor] | None) -> list[str]:
-    """Greedy CTC transcripts of ``recordings`` (with a speaker adaptation if given)."""
+    """Transcripts of ``recordings`` by the recognizer's decoder (with a speaker adaptation if given)."""
     batch = featurize(recordings, module.feature_config, None)
     return module.transcribe(batch, adaptation)[0]

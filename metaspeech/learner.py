@@ -1,11 +1,14 @@
 """The learner: a model, its loss and an adaptation scope, seen functionally.
 
 Algorithms talk only to a :class:`Learner`; nothing here knows about speech.
-Fast weights are a ``dict[name, Tensor]`` over the scope's parameters, each with
-a leading task dimension ``[T, *param.shape]``. ``Learner.losses`` maps fast
-weights and a prepared batch to per-task losses ``[T]``; since task t's loss
-depends only on task t's slice, ``autograd.grad(losses.sum(), fast)`` gives every
-task its own gradient in one backward pass.
+Two words for two things: the *scope* is what a user configures (``model.scope``:
+presets and name globs, plain data), the *adapted names* are the parameter names it
+resolves to on one model (:attr:`Learner.adapted_names`). Fast weights are a
+``dict[name, Tensor]`` over the adapted names, each with a leading task dimension
+``[T, *param.shape]``. ``Learner.losses`` maps fast weights and a prepared batch to
+per-task losses ``[T]``; since task t's loss depends only on task t's slice,
+``autograd.grad(losses.sum(), fast)`` gives every task its own gradient in one
+backward pass.
 
 Two performance levers live here (docs/architecture.md, "One training step"):
 
@@ -75,20 +78,24 @@ def higher_order_kernels(enabled: bool) -> Iterator[None]:
 
 
 class Learner:
-    """Functional view of ``model`` restricted to the parameters in ``scope``."""
+    """Functional view of ``model`` restricted to the parameters ``scope`` selects.
+
+    ``scope`` (presets or name globs, as ``model.scope``) resolves once, here, to
+    :attr:`adapted_names`: the names of the parameters the inner loop adapts, in model order.
+    """
 
     def __init__(self, model: StagedModel, loss: TaskLoss, scope: list[str] | str) -> None:
         self.model = model
         self.loss = loss
-        self.scope = resolve_scope(model, scope)
-        self.first_stage = min(model.stage_index(name) for name in self.scope)
+        self.adapted_names = resolve_scope(model, scope)
+        self.first_stage = min(model.stage_index(name) for name in self.adapted_names)
         modules = dict(model.named_modules())
-        self.task_batched = all(isinstance(modules[name.rsplit(".", 1)[0]], TaskBatchable) for name in self.scope)
+        self.task_batched = all(isinstance(modules[name.rsplit(".", 1)[0]], TaskBatchable) for name in self.adapted_names)
 
     def init_weights(self) -> dict[str, nn.Parameter]:
-        """The shared initialization of the scope: the model's own parameters (meta-learned)."""
+        """The shared initialization of the adapted parameters: the model's own (meta-learned)."""
         params = dict(self.model.named_parameters())
-        return {name: params[name] for name in self.scope}
+        return {name: params[name] for name in self.adapted_names}
 
     def expand(self, weights: dict[str, Tensor], num_tasks: int) -> FastWeights:
         """Give every weight a leading task dimension (a view: gradients flow back to ``weights``)."""
@@ -96,8 +103,8 @@ class Learner:
 
     def outside_scope(self) -> list[nn.Parameter]:
         """Trainable parameters the inner loop does not adapt (the shared body)."""
-        scope = set(self.scope)
-        return [p for n, p in self.model.named_parameters() if n not in scope and p.requires_grad]
+        adapted = set(self.adapted_names)
+        return [p for n, p in self.model.named_parameters() if n not in adapted and p.requires_grad]
 
     def prepare(self, batch: TaskBatch) -> PreparedTasks:
         """Flatten ``batch`` and run the stages the inner loop does not change, once."""

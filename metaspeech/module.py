@@ -23,7 +23,6 @@ from metaspeech.algorithms.inner_loop import InnerLoop
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import load_recognizer_weights, restore_module_section, save_module_section
-from metaspeech.ctc import greedy_decode
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, word_errors
@@ -31,9 +30,8 @@ from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import log_run_config
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale, retry_at_smaller_scales
-from metaspeech.losses import CTCLoss
 from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_size, check_finite_gradients, gradient_norm
-from metaspeech.models.staged import StagedModel
+from metaspeech.models.recognizer import Recognizer
 from metaspeech.oracle import SpeakerOracle
 from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle
 from metaspeech.randomness import seeded_rng
@@ -43,10 +41,11 @@ from metaspeech.tokenizer import Tokenizer
 
 
 class MetaSpeechModule(L.LightningModule):
-    """Meta-train a CTC recognizer to adapt to new speakers.
+    """Meta-train a speech recognizer to adapt to new speakers.
 
     Args:
-        recognizer: a :class:`~metaspeech.models.StagedModel` CTC recognizer (e.g. ``BiLSTMCTC``).
+        recognizer: a :class:`~metaspeech.models.Recognizer` (e.g. ``BiLSTMCTC``); it brings its own
+            training loss and decoder.
         algorithm: the meta-learning plugin (``MAML``, ``FOMAML``, ``Reptile``, ``HyperInit``, ...).
         scope: adaptation scope (presets ``all, lhuc, lin, adapters, norm, head`` or name globs).
         lr: outer (meta) learning rate of AdamW.
@@ -72,7 +71,7 @@ class MetaSpeechModule(L.LightningModule):
     """
 
     def __init__(
-        self, recognizer: StagedModel, algorithm: MetaAlgorithm, scope: list[str] | None = None, lr: float = 1e-3,
+        self, recognizer: Recognizer, algorithm: MetaAlgorithm, scope: list[str] | None = None, lr: float = 1e-3,
         weight_decay: float = 1e-4, warmup_steps: int = 100, lr_decay: str = "constant", min_lr_ratio: float = 0.05,
         max_grad_norm: float | None = 5.0, val_shots: int = 5, val_steps: int = 5, test_shots: list[int] | None = None,
         test_steps: list[int] | None = None, results_dir: str | None = None, init_from: str | None = None,
@@ -92,7 +91,7 @@ class MetaSpeechModule(L.LightningModule):
         self.tasks_per_chunk, self.results_dir, self.init_from = tasks_per_chunk, results_dir, init_from
         self.oracle = oracle if oracle is not None else SpeakerOracle()
         self.scope = list(scope) if scope is not None else ["lin", "lhuc", "head"]
-        self.learner = Learner(recognizer, CTCLoss(blank=0), self.scope)
+        self.learner = Learner(recognizer, recognizer.loss, self.scope)
         self.algorithm.setup(self.learner)
         self.test_shots = list(test_shots) if test_shots is not None else [1, 5, 10]
         self.test_steps = sorted(set(test_steps if test_steps is not None else [0, 1, 5, 10]) | {0})
@@ -222,21 +221,21 @@ class MetaSpeechModule(L.LightningModule):
 
     @torch.no_grad()
     def transcribe(self, batch: TaskBatch, fast: FastWeights | None = None, learner: Learner | None = None) -> list[list[str]]:
-        """Greedy CTC transcripts ``[T][B]`` of ``batch`` with ``fast`` weights (default: unadapted) of
-        ``learner``'s scope (default: the adaptation scope; the speaker oracle passes its own)."""
+        """Transcripts ``[T][B]`` of ``batch`` by the recognizer's decoder, with ``fast`` weights (default:
+        unadapted) of ``learner``'s scope (default: the adaptation scope; the speaker oracle passes its own)."""
         if self.tokenizer is None:
             raise RuntimeError("no tokenizer: attach a datamodule or load the module from a metaspeech checkpoint")
         learner = learner or self.learner
         prepared = learner.prepare(batch)
         unadapted = learner.expand(learner.init_weights(), batch.num_tasks)
-        log_probs, lengths = learner.outputs(fast if fast is not None else unadapted, prepared)[:2]
-        texts = [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+        output = learner.outputs(fast if fast is not None else unadapted, prepared)
+        texts = [self.tokenizer.decode(ids) for ids in self.model.decode(output)]
         per_task = len(texts) // batch.num_tasks
         return [texts[t * per_task : (t + 1) * per_task] for t in range(batch.num_tasks)]
 
     @torch.no_grad()
     def evaluation_loss(self, batch: TaskBatch, fast: FastWeights) -> Tensor:
-        """Mean CTC loss ``[T]`` of ``batch`` under ``fast`` weights."""
+        """The recognizer's mean loss ``[T]`` of ``batch`` under ``fast`` weights."""
         return self.learner.losses(fast, self.learner.prepare(batch))
 
     # ------------------------------------------------------- validation, test
@@ -260,7 +259,7 @@ class MetaSpeechModule(L.LightningModule):
     def speaker_oracle(self, pool: TaskBatch, evaluation: TaskBatch, chosen_scopes: list[str] | None = None) -> tuple[list[str], int]:
         """Transcripts ``[B]`` of ``evaluation`` by the recognizer fine-tuned on one speaker's large ``pool``
         (:mod:`metaspeech.oracle`) and the step count its early stopping chose; the scope goes to ``chosen_scopes``."""
-        fit = self.oracle.fit(self.model, self.learner.loss, pool)
+        fit = self.oracle.fit(self.model, self.model.loss, pool)
         if chosen_scopes is not None:
             chosen_scopes.append(fit.scope)
         return self.transcribe(evaluation, fit.fast, fit.learner)[0], fit.steps

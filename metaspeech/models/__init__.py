@@ -1,8 +1,9 @@
 """Speech recognizers that accept per-task fast weights, and adaptation scopes."""
 
 from metaspeech.models.asr import BiLSTMCTC, ConformerCTC, CTCRecognizer
+from metaspeech.models.recognizer import Recognizer
 from metaspeech.models.scope import PRESETS as SCOPE_PRESETS
 from metaspeech.models.scope import ScopeError, resolve_scope
 from metaspeech.models.staged import StagedModel
 
-__all__ = ["BiLSTMCTC", "ConformerCTC", "CTCRecognizer", "StagedModel", "resolve_scope", "ScopeError", "SCOPE_PRESETS"]
+__all__ = ["BiLSTMCTC", "ConformerCTC", "CTCRecognizer", "Recognizer", "StagedModel", "resolve_scope", "ScopeError", "SCOPE_PRESETS"]

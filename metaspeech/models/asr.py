@@ -1,5 +1,8 @@
 """CTC speech recognizers built from stages, with speaker-adaptation hooks in them.
 
+Each owns its loss and decoder (:class:`~metaspeech.models.recognizer.Recognizer`): CTC
+on the head's log-probs, and best-path decoding.
+
 Both recognizers share one layout (stage names in brackets)::
 
     features [N, frames, F]
@@ -19,8 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metaspeech.ctc import greedy_decode
+from metaspeech.losses import CTCLoss
 from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
-from metaspeech.models.staged import Stage, StagedModel
+from metaspeech.models.recognizer import Recognizer
+from metaspeech.models.staged import Stage
 from metaspeech.precision import full_precision, lstm_needs_float32
 
 
@@ -181,8 +187,14 @@ class OutputHead(nn.Module):
         return torch.log_softmax(full_precision(self.linear(x)), dim=-1), lengths  # float32 under autocast
 
 
-class CTCRecognizer(StagedModel):
-    """Shared skeleton of the CTC recognizers; subclasses supply the encoder layers."""
+class CTCRecognizer(Recognizer):
+    """Shared skeleton of the CTC recognizers; subclasses supply the encoder layers.
+
+    The output state is ``(log_probs [N, frames, V], frame_lengths [N])``; token 0 is the CTC
+    blank (as in every :mod:`metaspeech.tokenizer`).
+    """
+
+    blank = 0
 
     def __init__(
         self,
@@ -210,6 +222,14 @@ class CTCRecognizer(StagedModel):
                 stages[f"adapter{i}"] = Stage(ResidualAdapter(encoder_dim, adapter_dim))
         stages["head"] = OutputHead(encoder_dim, vocab_size)
         self.stages = nn.ModuleDict(stages)
+
+    def loss(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
+        """CTC per utterance ``[N]``, divided by its target length (:class:`~metaspeech.losses.CTCLoss`)."""
+        return CTCLoss(self.blank)(output, targets, differentiable)
+
+    def decode(self, output: tuple[Tensor, ...]) -> list[list[int]]:
+        """Best-path CTC decoding: argmax per frame, repeats collapsed, blanks dropped."""
+        return greedy_decode(output[0], output[1], self.blank)
 
     @property
     def summary_dim(self) -> int:

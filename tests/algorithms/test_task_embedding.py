@@ -13,7 +13,6 @@ import torch
 from metaspeech.algorithms import HyperInit
 from metaspeech.datamodules.collate import collate_tasks
 from metaspeech.learner import Learner
-from metaspeech.losses import CTCLoss
 from metaspeech.models import BiLSTMCTC
 
 SHOTS = 3
@@ -50,7 +49,7 @@ def held_out_embeddings(corpus_root, feature_cache) -> dict[str, list[torch.Tens
     data.setup("fit")
     torch.manual_seed(0)
     model = BiLSTMCTC(vocab_size=data.vocab_size, input_dim=80, d_model=16, hidden_dim=16, num_layers=1)
-    learner = Learner(model, CTCLoss(blank=0), ["lhuc", "head"])
+    learner = Learner(model, model.loss, ["lhuc", "head"])
     hyper = HyperInit()
     hyper.setup(learner)
     kinds: dict[str, list[torch.Tensor]] = {"statistics": [], "embedding": [], "after CMVN": []}

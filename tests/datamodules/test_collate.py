@@ -55,11 +55,11 @@ def test_dataset_rejects_mismatched_fields() -> None:
         UtteranceDataset([torch.zeros(2, F)], [[1], [2]], ["a"], ["a"])
 
 
-def test_task_names_maps_rows_and_rejects_overlaps(dataset: UtteranceDataset) -> None:
-    names = dataset.task_names({"a": [0, 2], "b": [1]})
-    assert names[:4] == ["a", "b", "a", ""]
-    with pytest.raises(ValueError, match="two tasks"):
-        dataset.task_names({"a": [0], "b": [0]})
+def test_the_sampler_owns_the_task_of_every_row_and_rejects_overlaps() -> None:
+    sampler = SpeakerEpisodeSampler({"b": [1, 3], "a": [0, 2]}, k_shot=1, q_query=1, tasks_per_batch=2, batches_per_epoch=1)
+    assert sampler.task_of_row == {0: "a", 1: "b", 2: "a", 3: "b"}
+    with pytest.raises(ValueError, match="row 0 belongs to two tasks"):
+        SpeakerEpisodeSampler({"a": [0, 2], "b": [0, 1]}, k_shot=1, q_query=1, tasks_per_batch=2, batches_per_epoch=1)
 
 
 def test_collate_tasks_shapes_padding_and_lengths() -> None:
@@ -88,15 +88,14 @@ def test_collate_tasks_rejects_ragged_tasks_and_mixed_feature_dims() -> None:
 
 
 def test_meta_batch_collator_splits_support_and_query_and_names_tasks() -> None:
-    names = ["x"] * 3 + ["y"] * 3
+    task_of_row = {i: "x" if i < 3 else "y" for i in range(6)}
     flat = [item(2 + i, [i + 1], f"u{i}", index=i) for i in range(6)]
-    batch = MetaBatchCollator(k_shot=1, q_query=2, task_names=names)(flat)
+    batch = MetaBatchCollator(k_shot=1, q_query=2, task_of_row=task_of_row)(flat)
     assert isinstance(batch, MetaBatch) and batch.tasks == ["x", "y"]
     assert batch.support.ids == [["u0"], ["u3"]]
     assert batch.query.ids == [["u1", "u2"], ["u4", "u5"]]
     assert batch.query.inputs[0].shape == (2, 2, 7, F)
-    with pytest.raises(ValueError, match="mixes tasks"):
-        MetaBatchCollator(1, 2, task_names=["x", "y"] * 3)(flat)
+    assert MetaBatchCollator(1, 2)(flat).tasks == []
     with pytest.raises(ValueError, match="multiple of"):
         MetaBatchCollator(1, 2)(flat[:4])
 
@@ -105,7 +104,7 @@ def test_dataloader_end_to_end_yields_meta_batches(dataset: UtteranceDataset) ->
     tasks = speakers()
     sampler = SpeakerEpisodeSampler(tasks, k_shot=2, q_query=2, tasks_per_batch=3, batches_per_epoch=4, seed=1)
     loader = DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=MetaBatchCollator(2, 2, dataset.task_names(tasks)), num_workers=0
+        dataset, batch_sampler=sampler, collate_fn=MetaBatchCollator.for_sampler(sampler), num_workers=0
     )
     batches = list(loader)
     assert len(batches) == len(loader) == 4

@@ -14,7 +14,6 @@ import torch
 from metaspeech.algorithms import MAML
 from metaspeech.batch import MetaBatch, TaskBatch
 from metaspeech.learner import Learner
-from metaspeech.losses import CTCLoss
 from metaspeech.models import BiLSTMCTC, ConformerCTC
 
 
@@ -42,7 +41,8 @@ def _recognizer(kind: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("kind", ["bilstm", "conformer"])
 def test_log_probs_and_losses_stay_float64(kind: str, meta_batch: MetaBatch) -> None:
-    learner = Learner(_recognizer(kind), CTCLoss(blank=0), ["lhuc", "head"])
+    model = _recognizer(kind)
+    learner = Learner(model, model.loss, ["lhuc", "head"])
     prepared = learner.prepare(meta_batch.support)
     fast = learner.expand(learner.init_weights(), prepared.num_tasks)
     log_probs = learner.outputs(fast, prepared)[0]
@@ -56,7 +56,7 @@ def test_second_order_meta_gradient_of_a_recognizer_matches_central_differences(
     differences, agree to 1e-7 relative: only possible when nothing is computed in float32."""
     algorithm = MAML(inner_steps=2, inner_lr=0.3)
     model = _recognizer("bilstm")
-    learner = Learner(model, CTCLoss(blank=0), ["head"])
+    learner = Learner(model, model.loss, ["head"])
     algorithm.setup(learner)
     model.zero_grad()
     algorithm.outer_loss(learner, meta_batch).loss.backward()
