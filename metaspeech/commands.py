@@ -127,7 +127,7 @@ def demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="metaspeech demo", description=demo.__doc__)
     parser.add_argument("--algorithm", default="fomaml", help="an algorithm config name under configs/")
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "full", "kokoro-small"])
-    parser.add_argument("--base_steps", type=int, default=500, help="joint-training steps of the shared start")
+    parser.add_argument("--base_steps", type=int, default=900, help="joint-training steps of the shared start")
     parser.add_argument("--steps", type=int, default=60, help="outer steps each algorithm gets from the shared start")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output", default="results/demo")
