@@ -77,6 +77,14 @@ class OuterResult:
             inner_grad_norms=[torch.cat(step) for step in zip(*(r.inner_grad_norms for r in results))],
         )
 
+    def metrics(self) -> dict[str, Tensor]:
+        """The training logs of this step: outer and post-adaptation query loss, and per inner step the mean
+        inner loss and gradient norm over the tasks (``train/inner_loss_step{i}``, ``train/inner_grad_norm_step{i}``)."""
+        logs = {"train/outer_loss": self.loss.detach(), "train/query_loss_post": self.query_losses.mean()}
+        logs.update({f"train/inner_loss_step{step}": losses.mean() for step, losses in enumerate(self.inner_losses)})
+        logs.update({f"train/inner_grad_norm_step{step}": n.mean() for step, n in enumerate(self.inner_grad_norms)})
+        return logs
+
 
 class MetaAlgorithm(RecordsInitArgs, nn.Module):
     """Base class: MAML-style inner loop of SGD steps on the support set, query loss outside.

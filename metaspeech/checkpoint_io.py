@@ -182,6 +182,23 @@ def load_recognizer_weights(path: str | Path, recognizer: nn.Module) -> None:
         raise ConfigError(f"model.init_from={path}: its recognizer does not match this one: {err}") from err
 
 
+def initialize_from(path: str, recognizer: nn.Module, stage: str, initialized: str | None) -> str:
+    """``model.init_from`` at ``stage``: at fit, load ``path``'s recognizer weights; returns what was loaded.
+
+    Any other stage would silently ignore it (a test right after the fit that loaded it is fine), so that
+    is a :class:`ConfigError` that points to ``--ckpt_path``.
+    """
+    if stage == "fit":
+        load_recognizer_weights(path, recognizer)
+        return path
+    if initialized != path:
+        raise ConfigError(
+            f"model.init_from={path} initializes meta-training (fit) only and would be ignored by "
+            f"{getattr(stage, 'value', stage)}: to evaluate that checkpoint pass --ckpt_path={path} instead"
+        )
+    return path
+
+
 def temporary_name(path: str | Path) -> Path:
     """A fresh hidden name next to ``path`` for writing before the rename: ``.<name>.<random>.tmp``."""
     path = Path(path)

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -53,9 +55,18 @@ def log_run_config(loggers: Iterable[Logger], module: Any) -> None:
     augmentation = module.augmentation.describe() if module.augmentation is not None else None
     config = {"recognizer": module.model.init_config, "algorithm": module.algorithm.init_config, "scope": module.scope,
               "test_shots": module.test_shots, "test_steps": module.test_steps,
-              "adaptation_guard": module.adaptation_guard, "augmentation": augmentation}
+              "adaptation_guard": module.adapter.guard, "augmentation": augmentation}
     for logger in loggers:
         logger.log_hyperparams(config)
+
+
+class RunConfigLogger(Callback):
+    """At fit and at test start, log what ``save_hyperparameters`` leaves out (:func:`log_run_config`)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_run_config(pl_module.loggers, pl_module)
+
+    on_test_start = on_fit_start
 
 
 def wandb_run_id(loggers: Iterable[Logger]) -> str | None:

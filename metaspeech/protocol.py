@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from typing import Callable
 
+from torch import Tensor
+
 from metaspeech.batch import EvaluationBatch, TaskBatch
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import UtteranceRecord, score_utterance
+from metaspeech.evaluation import UtteranceRecord, score_utterance, word_errors
 from metaspeech.learner import FastWeights
+from metaspeech.oracle import OracleFit
 
 Adapt = Callable[[TaskBatch, int], FastWeights]
 """``adapt(support, steps)`` -> fast weights ``[T, ...]`` (``T = 1`` here)."""
 Transcribe = Callable[[TaskBatch, FastWeights], list[list[str]]]
 """``transcribe(batch, fast)`` -> hypotheses ``[T][B]``."""
-Oracle = Callable[[TaskBatch, TaskBatch], tuple[list[str], int]]
-"""``oracle(oracle_pool, evaluation)`` -> (hypotheses ``[B]`` of the speaker-dependent model, its step count)."""
+Oracle = Callable[[TaskBatch, TaskBatch], tuple[list[str], OracleFit]]
+"""``oracle(oracle_pool, evaluation)`` -> (hypotheses ``[B]`` of the speaker-dependent model, its fit)."""
 
 
 class AdaptationEvaluator:
@@ -54,17 +57,36 @@ class AdaptationEvaluator:
         return records
 
 
-def evaluate_oracle(item: EvaluationBatch, oracle: Oracle) -> list[UtteranceRecord]:
-    """Records of ``item``'s evaluation set under the speaker oracle (none without an oracle pool).
+def evaluate_oracle(item: EvaluationBatch, oracle: Oracle) -> tuple[list[UtteranceRecord], list[str]]:
+    """Records of ``item``'s evaluation set under the speaker oracle, and the scope it chose (none without an oracle pool).
 
     ``shots`` is the size of the oracle pool, ``steps`` the fine-tuning steps it chose.
     """
     if item.oracle is None:
-        return []
+        return [], []
     ids, references = _ids_and_references(item)
-    hypotheses, steps = oracle(item.oracle, item.evaluation)
+    hypotheses, fit = oracle(item.oracle, item.evaluation)
     shots = item.oracle.examples_per_task
-    return [score_utterance(item.task, shots, steps, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
+    return [score_utterance(item.task, shots, fit.steps, u, r, h) for u, r, h in zip(ids, references, hypotheses)], [fit.scope]
+
+
+Loss = Callable[[TaskBatch, FastWeights], Tensor]
+"""``loss(batch, fast)`` -> mean loss per task ``[T]``."""
+
+
+def validation_scores(item: EvaluationBatch, shots: int, steps: int, adapt: Adapt, loss: Loss,
+                      transcribe: Transcribe | None) -> dict[str, tuple[float, int]]:
+    """One meta-val task before (``pre``) and after (``post``) ``steps`` inner steps on its first ``shots`` pool
+    utterances: ``val/loss_{tag}`` and, given ``transcribe``, ``val/wer_{tag}``, each with its weight (tasks, words)."""
+    support = item.pool.take(min(shots, item.pool.examples_per_task))
+    scores = {}
+    for count, tag in ((0, "pre"), (steps, "post")):
+        fast = adapt(support, count)
+        scores[f"val/loss_{tag}"] = (float(loss(item.evaluation, fast).mean()), 1)
+        if transcribe is not None:
+            errors, words = word_errors(item.evaluation.texts[0], transcribe(item.evaluation, fast)[0])
+            scores[f"val/wer_{tag}"] = (errors / max(words, 1), words)
+    return scores
 
 
 def _ids_and_references(item: EvaluationBatch) -> tuple[list[str], list[str]]:

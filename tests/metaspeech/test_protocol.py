@@ -7,7 +7,8 @@ import torch
 
 from metaspeech.batch import EvaluationBatch, TaskBatch
 from metaspeech.errors import ConfigError
-from metaspeech.protocol import AdaptationEvaluator
+from metaspeech.oracle import OracleFit
+from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
 
 
 def _task_batch(ids: list[str], texts: list[str], frames: list[int]) -> TaskBatch:
@@ -52,3 +53,29 @@ def test_more_shots_than_the_pool_holds_names_the_settings(item) -> None:
     evaluator = AdaptationEvaluator(shots=[5], steps=[0], frame_shift_seconds=0.01)
     with pytest.raises(ConfigError, match="eval_pool_size"):
         evaluator.evaluate(item, lambda s, n: {}, lambda b, f: [["x", "y"]])
+
+
+def test_validation_scores_before_and_after_adaptation_with_their_weights(item) -> None:
+    def adapt(support: TaskBatch, steps: int) -> dict:
+        assert support.ids[0] == ["p0", "p1"]  # the first val_shots pool utterances
+        return {"steps": torch.tensor([steps])}
+
+    def loss(batch: TaskBatch, fast: dict) -> torch.Tensor:
+        return torch.tensor([2.0]) / (1 + fast["steps"].float())
+
+    def transcribe(batch: TaskBatch, fast: dict) -> list[list[str]]:
+        return [batch.texts[0] if int(fast["steps"]) > 0 else ["the hat", "a dog"]]
+
+    scores = validation_scores(item, shots=2, steps=3, adapt=adapt, loss=loss, transcribe=transcribe)
+    assert scores == {"val/loss_pre": (2.0, 1), "val/wer_pre": (0.25, 4), "val/loss_post": (0.5, 1), "val/wer_post": (0.0, 4)}
+    assert set(validation_scores(item, 2, 3, adapt, loss, None)) == {"val/loss_pre", "val/loss_post"}  # no tokenizer
+
+
+def test_the_oracle_is_scored_at_its_pool_size_and_chosen_steps(item) -> None:
+    assert evaluate_oracle(item, lambda pool, evaluation: pytest.fail("no oracle pool")) == ([], [])
+    oracle_item = EvaluationBatch(pool=item.pool, evaluation=item.evaluation, task="spk1",
+                                  oracle=_task_batch([f"o{i}" for i in range(4)], ["a"] * 4, [10] * 4))
+    fit = OracleFit(fast={}, learner=None, scope="head", steps=15, dev_loss=0.0, training_utterances=3)
+    records, scopes = evaluate_oracle(oracle_item, lambda pool, evaluation: (["the cat", "a cat"], fit))
+    assert scopes == ["head"]
+    assert [(r.shots, r.steps, r.utterance, r.word_errors) for r in records] == [(4, 15, "e0", 0), (4, 15, "e1", 1)]
