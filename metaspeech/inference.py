@@ -107,7 +107,7 @@ def featurize(recordings: list[Recording], config: FeatureConfig, tokenizer: Cha
 def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: int) -> dict[str, Any]:
     """Adapt ``module`` to one speaker; returns the saveable adaptation (fast weights + metadata)."""
     support = featurize(recordings, module.feature_config, module.tokenizer)
-    before = float(module.evaluation_loss(support, _unadapted(module)).mean())
+    before = float(module.evaluation_loss(support, module.adapter.unadapted(1)).mean())
     fast = module.adapt(support, steps)
     after = float(module.evaluation_loss(support, fast).mean())
     return {
@@ -120,10 +120,6 @@ def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: 
         "support_loss_before": before,
         "support_loss_after": after,
     }
-
-
-def _unadapted(module: MetaSpeechModule) -> dict[str, Tensor]:
-    return module.learner.expand(module.learner.init_weights(), 1)
 
 
 def load_adaptation(path: str | Path, module: MetaSpeechModule) -> dict[str, Tensor]:

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from torch import Tensor
-
+from metaspeech.adaptation_guard import Adapt, Loss
 from metaspeech.batch import EvaluationBatch, TaskBatch
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import UtteranceRecord, score_utterance, word_errors
 from metaspeech.learner import FastWeights
 from metaspeech.oracle import OracleFit
 
-Adapt = Callable[[TaskBatch, int], FastWeights]
-"""``adapt(support, steps)`` -> fast weights ``[T, ...]`` (``T = 1`` here)."""
 Transcribe = Callable[[TaskBatch, FastWeights], list[list[str]]]
 """``transcribe(batch, fast)`` -> hypotheses ``[T][B]``."""
 Oracle = Callable[[TaskBatch, TaskBatch], tuple[list[str], OracleFit]]
@@ -68,10 +65,6 @@ def evaluate_oracle(item: EvaluationBatch, oracle: Oracle) -> tuple[list[Utteran
     hypotheses, fit = oracle(item.oracle, item.evaluation)
     shots = item.oracle.examples_per_task
     return [score_utterance(item.task, shots, fit.steps, u, r, h) for u, r, h in zip(ids, references, hypotheses)], [fit.scope]
-
-
-Loss = Callable[[TaskBatch, FastWeights], Tensor]
-"""``loss(batch, fast)`` -> mean loss per task ``[T]``."""
 
 
 def validation_scores(item: EvaluationBatch, shots: int, steps: int, adapt: Adapt, loss: Loss,
