@@ -6,7 +6,8 @@ algorithm out of four overridable pieces; a new algorithm overrides one or two:
 
 - :meth:`MetaAlgorithm.initial_weights` -- where the inner loop starts (HyperInit generates it);
 - :meth:`MetaAlgorithm.step_size` -- the inner learning rate per step and parameter (Meta-SGD learns it);
-- :meth:`MetaAlgorithm.adapt` -- the inner loop: support set and :class:`InnerLoop` -> fast weights;
+- :meth:`MetaAlgorithm.adapt` -- the inner loop: support set and :class:`InnerLoop` -> fast weights
+  (an override that ignores ``InnerLoop.record`` still works: the test protocol then runs once per s);
 - :meth:`MetaAlgorithm.outer_loss` -- the scalar whose gradient is the meta-gradient
   (Reptile and joint training replace it).
 
@@ -44,11 +45,19 @@ __all__ = ["Adaptation", "InnerGradientOverflowError", "InnerLoop", "MetaAlgorit
 @dataclass
 class Adaptation:
     """Result of an inner loop: fast weights ``[T, ...]``; per inner step, the support loss ``[T]``
-    before the step and the norm ``[T]`` of each task's inner gradient (both detached, for logging)."""
+    before the step and the norm ``[T]`` of each task's inner gradient (both detached, for logging);
+    ``trajectory``: the detached fast weights after each step count the loop was asked to record
+    (``InnerLoop.record``)."""
 
     fast: FastWeights
     inner_losses: list[Tensor] = field(default_factory=list)
     inner_grad_norms: list[Tensor] = field(default_factory=list)
+    trajectory: dict[int, FastWeights] = field(default_factory=dict)
+
+    def keep(self, steps_done: int, loop: InnerLoop) -> None:
+        """Record the current fast weights as those after ``steps_done`` steps, if ``loop`` asks for them."""
+        if steps_done in loop.record:
+            self.trajectory[steps_done] = {name: w.detach() for name, w in self.fast.items()}
 
 
 @dataclass
@@ -156,6 +165,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         first_second_order_step = 0 if self.second_order_steps is None else loop.steps - self.second_order_steps
         fast = self.initial_weights(learner, prepared)
         adaptation = Adaptation(fast=fast)
+        adaptation.keep(0, loop)
         for step in range(loop.steps):
             step_graph = loop.create_graph and step >= first_second_order_step
             losses = learner.losses(fast, prepared, create_graph=step_graph)
@@ -166,7 +176,8 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
                 name: w if g is None else w - self.step_size(step, name) * g
                 for (name, w), g in zip(fast.items(), grads)
             }
-        adaptation.fast = fast
+            adaptation.fast = fast
+            adaptation.keep(step + 1, loop)
         return adaptation
 
     def outer_loss(self, learner: Learner, batch: MetaBatch, loss_scale: float = 1.0) -> OuterResult:

@@ -47,11 +47,15 @@ class InnerLoop:
             divided by it after (PyTorch's AMP recipe for gradients of gradients), so small
             inner gradients do not underflow in float16. The Trainer's GradScaler scale under
             ``16-mixed``; 1.0 in float32, float64 and bf16.
+        record: step counts (0 to ``steps``) after which the loop keeps a detached copy of the fast
+            weights in ``Adaptation.trajectory``: one 20-step run then also gives the weights after
+            1, 5 and 10 steps, which is how the test protocol reads every s of a k at once.
     """
 
     steps: int
     create_graph: bool = False
     loss_scale: float = 1.0
+    record: tuple[int, ...] = ()
 
     def at_scale(self, loss_scale: float) -> "InnerLoop":
         """This loop with another loss scale (the fp16 retry after an overflow)."""

@@ -176,6 +176,10 @@ class MetaSpeechModule(L.LightningModule):
         """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``."""
         return self.adapter.adapt(support, steps, loss_scale(grad_scaler(self._trainer)))
 
+    def adapt_along(self, support: TaskBatch, steps: list[int]) -> dict[int, FastWeights]:
+        """:meth:`adapt` for every step count in ``steps`` at once (one inner loop, read along the way)."""
+        return self.adapter.adapt_along(support, steps, loss_scale(grad_scaler(self._trainer)))
+
     def transcribe(self, batch: TaskBatch, fast: FastWeights | None = None, learner: Learner | None = None) -> list[list[str]]:
         """Transcripts ``[T][B]`` of ``batch`` with ``fast`` weights (default: unadapted) of ``learner``'s scope."""
         if self.tokenizer is None:
@@ -196,7 +200,7 @@ class MetaSpeechModule(L.LightningModule):
     def test_step(self, item: EvaluationBatch, batch_idx: int) -> TaskScores:
         """The k x s protocol on one held-out task; the report callback collects, gathers and reports the scores."""
         evaluator = AdaptationEvaluator(self.test_shots, self.test_steps, self.feature_config.frame_shift_seconds)
-        records = evaluator.evaluate(item, self.adapt, self.transcribe)
+        records = evaluator.evaluate(item, self.adapt_along, self.transcribe)
         oracle, scopes = evaluate_oracle(item, partial(self.adapter.speaker_oracle, self.oracle, tokenizer=self.tokenizer))
         return TaskScores(records, evaluator.seconds, oracle, scopes)
 

@@ -8,7 +8,7 @@ without a Trainer. :class:`~metaspeech.module.MetaSpeechModule` gives it its own
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from metaspeech.adaptation_guard import Adapt, Loss
 from metaspeech.batch import EvaluationBatch, TaskBatch
@@ -17,6 +17,9 @@ from metaspeech.evaluation import UtteranceRecord, score_utterance, word_errors
 from metaspeech.learner import FastWeights
 from metaspeech.oracle import OracleFit
 
+AdaptAlong = Callable[[TaskBatch, Sequence[int]], dict[int, FastWeights]]
+"""``adapt_along(support, steps)`` -> fast weights ``[T, ...]`` after each step count in ``steps``
+(:meth:`metaspeech.adapter.FewShotAdapter.adapt_along`: one inner loop read at every count)."""
 Transcribe = Callable[[TaskBatch, FastWeights], list[list[str]]]
 """``transcribe(batch, fast)`` -> hypotheses ``[T][B]``."""
 Oracle = Callable[[TaskBatch, TaskBatch], tuple[list[str], OracleFit]]
@@ -27,7 +30,8 @@ class AdaptationEvaluator:
     """Score one task for every shot count k in ``shots`` and step count s in ``steps``.
 
     Supports are nested: the k-shot support is the first k pool utterances, so the
-    1-shot support lies inside the 5-shot one. ``seconds`` records, per ``(task, k)``, how
+    1-shot support lies inside the 5-shot one. Steps are nested too: every s of one k is read
+    off one adaptation of ``max(steps)`` steps (``adapt_along``). ``seconds`` records, per ``(task, k)``, how
     much speech the k utterances hold (``frame_shift_seconds`` per feature frame).
     """
 
@@ -36,7 +40,7 @@ class AdaptationEvaluator:
         self.frame_shift_seconds = frame_shift_seconds
         self.seconds: dict[tuple[str, int], float] = {}
 
-    def evaluate(self, item: EvaluationBatch, adapt: Adapt, transcribe: Transcribe) -> list[UtteranceRecord]:
+    def evaluate(self, item: EvaluationBatch, adapt_along: AdaptAlong, transcribe: Transcribe) -> list[UtteranceRecord]:
         """Per-utterance records of ``item``'s evaluation set under every (k, s)."""
         ids, references = _ids_and_references(item)
         records = []
@@ -48,8 +52,9 @@ class AdaptationEvaluator:
                 )
             support = item.pool.take(k)
             self.seconds[(item.task, k)] = float(support.inputs[1].sum()) * self.frame_shift_seconds
+            adapted = adapt_along(support, self.steps)
             for s in self.steps:
-                hypotheses = transcribe(item.evaluation, adapt(support, s))[0]
+                hypotheses = transcribe(item.evaluation, adapted[s])[0]
                 records += [score_utterance(item.task, k, s, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
         return records
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metaspeech.adapter import FewShotAdapter
-from metaspeech.algorithms import FOMAML
+from metaspeech.algorithms import FOMAML, HyperInit, MetaSGD
 from metaspeech.learner import Learner
 from metaspeech.models import BiLSTMCTC
 from metaspeech.oracle import SpeakerOracle
@@ -64,3 +64,38 @@ def test_the_speaker_oracle_fine_tunes_its_own_scope_and_transcribes_with_it(ada
     assert fit.scope == "head" and fit.steps in (0, 5)
     assert hypotheses == adapter.transcribe(evaluation, data.tokenizer, fit.fast, fit.learner)[0]
     assert len(hypotheses) == evaluation.examples_per_task
+
+
+class _NoRecording(FOMAML):
+    """A plugin whose ``adapt`` override ignores ``InnerLoop.record`` (as an older user plugin would)."""
+
+    def adapt(self, learner, support, loop=None):
+        adaptation = super().adapt(learner, support, loop)
+        adaptation.trajectory = {}
+        return adaptation
+
+
+@pytest.mark.parametrize("algorithm", [FOMAML(inner_steps=1, inner_lr=0.5), MetaSGD(inner_steps=1, inner_lr=0.3),
+                                       HyperInit(inner_steps=1, inner_lr=0.5), _NoRecording(inner_steps=1, inner_lr=0.5)],
+                         ids=["fomaml", "metasgd", "hyperinit", "no-recording-override"])
+def test_one_adaptation_read_along_the_way_equals_one_adaptation_per_step_count(adapter_and_data, algorithm) -> None:
+    adapter, data = adapter_and_data
+    algorithm.setup(adapter.learner)
+    adapter = FewShotAdapter(adapter.recognizer, adapter.learner, algorithm)
+    support = next(iter(data.train_dataloader())).support
+    along = adapter.adapt_along(support, [5, 0, 2, 5])
+    assert sorted(along) == [0, 2, 5]
+    for steps, fast in along.items():
+        alone = adapter.adapt(support, steps)
+        assert all(torch.equal(fast[name], alone[name]) for name in alone), steps
+    assert not all(torch.equal(along[2][name], along[5][name]) for name in along[5])
+
+
+def test_the_guard_decides_per_step_count_along_the_way(adapter_and_data) -> None:
+    adapter, data = adapter_and_data
+    guarded = FewShotAdapter(adapter.recognizer, adapter.learner, adapter.algorithm, guard="cross_validation")
+    support = next(iter(data.train_dataloader())).support
+    along = guarded.adapt_along(support, [0, 3])
+    for steps in (0, 3):
+        alone = guarded.adapt(support, steps)
+        assert all(torch.equal(along[steps][name], alone[name]) for name in alone)

@@ -30,16 +30,16 @@ def item() -> EvaluationBatch:
 def test_every_k_and_s_is_scored_with_nested_supports(item) -> None:
     seen = []
 
-    def adapt(support: TaskBatch, steps: int) -> dict:
-        seen.append((support.ids[0], steps))
-        return {"steps": torch.tensor([steps])}
+    def adapt_along(support: TaskBatch, steps: list[int]) -> dict:
+        seen.append((support.ids[0], list(steps)))
+        return {s: {"steps": torch.tensor([s])} for s in steps}
 
     def transcribe(batch: TaskBatch, fast: dict) -> list[list[str]]:
         return [batch.texts[0] if int(fast["steps"]) > 0 else ["the hat", "a dog"]]  # adapting fixes one word
 
     evaluator = AdaptationEvaluator(shots=[1, 3], steps=[0, 2], frame_shift_seconds=0.01)
-    records = evaluator.evaluate(item, adapt, transcribe)
-    assert seen == [(["p0"], 0), (["p0"], 2), (["p0", "p1", "p2"], 0), (["p0", "p1", "p2"], 2)]
+    records = evaluator.evaluate(item, adapt_along, transcribe)
+    assert seen == [(["p0"], [0, 2]), (["p0", "p1", "p2"], [0, 2])]  # one adaptation per k, read at every s
     assert [(r.shots, r.steps, r.utterance) for r in records] == [
         (k, s, u) for k in (1, 3) for s in (0, 2) for u in ("e0", "e1")]
     errors = {(r.shots, r.steps): 0 for r in records}
