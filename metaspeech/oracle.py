@@ -50,6 +50,10 @@ class SpeakerOracle:
         lr: Adam's learning rate.
         eval_every: check the held-out loss every this many steps (and at step 0).
         dev_fraction: share of the oracle pool held out for early stopping (at least one utterance).
+        patience: stop a scope's fine-tuning after this many checks without a new best held-out
+            loss (None: always run ``max_steps``). The best weights are kept either way; stopping
+            only saves time where a scope has started to over-fit (``all`` often does within
+            5-10 steps, and the oracle is most of the test protocol's time).
     """
 
     def __init__(
@@ -59,19 +63,21 @@ class SpeakerOracle:
         lr: float = 1e-3,
         eval_every: int = 5,
         dev_fraction: float = 0.25,
+        patience: int | None = 3,
     ) -> None:
-        if max_steps < 0 or eval_every < 1 or not 0.0 < dev_fraction < 1.0:
+        if max_steps < 0 or eval_every < 1 or not 0.0 < dev_fraction < 1.0 or (patience is not None and patience < 1):
             raise ValueError(
-                f"model.oracle: max_steps >= 0, eval_every >= 1 and 0 < dev_fraction < 1 "
-                f"(got {max_steps}, {eval_every}, {dev_fraction})"
+                f"model.oracle: max_steps >= 0, eval_every >= 1, 0 < dev_fraction < 1 and patience >= 1 or null "
+                f"(got {max_steps}, {eval_every}, {dev_fraction}, {patience})"
             )
         self.scopes = [s if isinstance(s, str) else list(s) for s in (scopes or DEFAULT_SCOPES)]
         self.max_steps, self.lr, self.eval_every, self.dev_fraction = max_steps, lr, eval_every, dev_fraction
+        self.patience = patience
 
     def describe(self) -> dict[str, object]:
         """The settings as plain values (for the report)."""
         return {"candidate_scopes": self.scopes, "max_steps": self.max_steps, "lr": self.lr, "eval_every": self.eval_every,
-                "dev_fraction": self.dev_fraction}
+                "dev_fraction": self.dev_fraction, "patience": self.patience}
 
     def fit(self, model: StagedModel, loss: TaskLoss, pool: TaskBatch) -> OracleFit:
         """Fine-tune on ``pool`` (``T = 1``, the speaker's oracle pool) for every scope; the best fit."""
@@ -89,6 +95,7 @@ class SpeakerOracle:
         fast = {name: w.detach().clone().unsqueeze(0).requires_grad_(True) for name, w in learner.init_weights().items()}
         optimizer = torch.optim.Adam(fast.values(), lr=self.lr)
         best = (self._dev_loss(learner, fast, prepared_dev), 0, _copy(fast))
+        checks_without_gain = 0
         for step in range(1, self.max_steps + 1):
             optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
@@ -96,8 +103,11 @@ class SpeakerOracle:
             optimizer.step()
             if step % self.eval_every == 0 or step == self.max_steps:
                 dev_loss = self._dev_loss(learner, fast, prepared_dev)
+                checks_without_gain = 0 if dev_loss < best[0] else checks_without_gain + 1
                 if dev_loss < best[0]:
                     best = (dev_loss, step, _copy(fast))
+                if self.patience is not None and checks_without_gain >= self.patience:
+                    break
         name = scope if isinstance(scope, str) else ",".join(scope)
         return OracleFit(learner, best[2], name, best[1], best[0], train.examples_per_task)
 

@@ -67,3 +67,35 @@ def test_the_test_report_carries_the_oracle_of_every_held_out_speaker(tiny_data,
     assert report.settings["oracle"]["chosen_scopes"] == {"head": len(speakers)}
     for c in report.conditions():
         assert c.oracle_wer == pytest.approx(sum(r.word_errors for r in report.oracle) / sum(r.words for r in report.oracle))
+
+
+class _CountingOracle(SpeakerOracle):
+    """Counts held-out checks: with ``eval_every`` steps between them, how far fine-tuning ran."""
+
+    checks = 0
+
+    @staticmethod
+    def _dev_loss(learner, fast, prepared_dev) -> float:
+        _CountingOracle.checks += 1
+        return SpeakerOracle._dev_loss(learner, fast, prepared_dev)
+
+
+def test_patience_stops_an_over_fitting_scope_early_and_keeps_the_same_best(tiny_data, tiny_module) -> None:
+    data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
+    data.setup("test")
+    pool = next(iter(data.test_dataloader())).oracle
+    module = tiny_module(FOMAML()).eval()
+    fits, checks = {}, {}
+    for patience in (None, 2, 100):  # lr 3.0: the held-out loss blows up and never recovers
+        _CountingOracle.checks = 0
+        oracle = _CountingOracle(scopes=["all"], max_steps=30, lr=3.0, eval_every=2, patience=patience)
+        fits[patience], checks[patience] = oracle.fit(module.model, module.learner.loss, pool), _CountingOracle.checks
+    assert checks[None] == checks[100] == 16  # step 0 and every 2nd of 30 steps
+    assert checks[2] == fits[None].steps // 2 + 1 + 2  # up to the best check, then two checks without gain
+    for patience in (2, 100):
+        assert fits[patience].steps == fits[None].steps and fits[patience].dev_loss == fits[None].dev_loss
+
+
+def test_patience_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="patience"):
+        SpeakerOracle(patience=0)
