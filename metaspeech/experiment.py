@@ -105,7 +105,7 @@ def write_comparison(results: dict[str, dict[int, AdaptationReport]], seeds: lis
     rows = summarize(results)
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "comparison.json"
-    json_path.write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=2))
+    json_path.write_text(json.dumps({"seeds": seeds, "headline": headline(rows), "rows": rows}, indent=2))
     table = markdown_report(rows)
     (output / "comparison.md").write_text(table + "\n")
     plot = plot_wer_vs_steps(rows, output / "wer_vs_steps.png")
@@ -152,6 +152,55 @@ def _budget(reports: Iterable[AdaptationReport]) -> dict[str, float]:
     return {key: statistics.mean(b[key] for b in budgets) for key in ("outer_steps", "train_seconds")}
 
 
+HEADLINE_CELL = (5, 5)
+"""The (k, s) the headline reads: five adaptation utterances (~10 s of speech), five inner steps."""
+BASELINE = "joint"
+"""The config name of joint training + the same fine-tuning, which every meta-learner must beat."""
+
+
+def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The comparison's answer in one place: is adaptation worth it, and does meta-learning beat joint training?
+
+    Why: the table has hundreds of cells, and the two questions the project exists for are read off one
+    of them. Over all held-out speakers at ``HEADLINE_CELL`` (else the largest k and s run): the best
+    algorithm by WER, with its relative reduction vs no adaptation, share of speakers worse and share
+    of the oracle gap closed; and the best meta-learner's relative WER reduction vs ``BASELINE`` (positive:
+    meta-learning is better). None without adapted cells.
+    """
+    adapted = [r for r in rows if r.get("group", "all") == "all" and r["steps"] > 0]
+    if not adapted:
+        return None
+    cells = {(r["shots"], r["steps"]) for r in adapted}
+    shots, steps = HEADLINE_CELL if HEADLINE_CELL in cells else max(cells)
+    cell = {r["algorithm"]: r for r in adapted if (r["shots"], r["steps"]) == (shots, steps)}
+    best = min(cell.values(), key=lambda r: r["wer"])
+    keys = ("wer", "wer_std", "relative_wer_reduction", "speakers_worse", "gap_closed", "seeds")
+    summary: dict[str, Any] = {"shots": shots, "steps": steps, "best": {"algorithm": best["algorithm"], **{k: best[k] for k in keys}}}
+    meta = [r for name, r in cell.items() if name != BASELINE]
+    if BASELINE in cell and meta:
+        best_meta = min(meta, key=lambda r: r["wer"])
+        summary["meta_vs_joint"] = {"algorithm": best_meta["algorithm"], "wer": best_meta["wer"], "joint_wer": cell[BASELINE]["wer"],
+                                    "relative_wer_reduction": 1.0 - best_meta["wer"] / cell[BASELINE]["wer"] if cell[BASELINE]["wer"] else 0.0}
+    return summary
+
+
+def headline_text(summary: dict[str, Any] | None) -> str:
+    """:func:`headline` as two sentences of markdown ("" without one)."""
+    if summary is None:
+        return ""
+    best = summary["best"]
+    gap = f"; {100 * best['gap_closed']:.0f} % of the oracle gap closed" if best["gap_closed"] == best["gap_closed"] else ""
+    text = (f"**Headline, all held-out speakers, k = {summary['shots']}, s = {summary['steps']}** ({best['seeds']} seed(s)): "
+            f"the best is {best['algorithm']} at {100 * best['wer']:.1f} % WER ({100 * best['relative_wer_reduction']:+.1f} % relative "
+            f"vs no adaptation; {100 * best['speakers_worse']:.0f} % of speakers worse{gap}).")
+    versus = summary.get("meta_vs_joint")
+    if versus:
+        verdict = "better" if versus["relative_wer_reduction"] > 0 else "not better"
+        text += (f" The best meta-learner, {versus['algorithm']}, is {verdict} than {BASELINE} training + the same fine-tuning: "
+                 f"{100 * versus['wer']:.1f} vs {100 * versus['joint_wer']:.1f} % ({100 * versus['relative_wer_reduction']:+.1f} % relative).")
+    return text
+
+
 def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
     """Side-by-side WER % (mean ± std over seeds; relative reduction vs s = 0, median per-speaker relative
     reduction, share of speakers made worse, share of the gap to the speaker oracle closed) per algorithm, one line per (k, s), and the oracle's WER."""
@@ -184,7 +233,7 @@ def _cell(row: dict[str, Any]) -> str:
 
 
 def markdown_report(rows: list[dict[str, Any]]) -> str:
-    """The table over all held-out speakers, then one per speaker group (e.g. unseen accents)."""
+    """The budget and the :func:`headline`, then the table over all held-out speakers and one per speaker group."""
     groups = list(dict.fromkeys(r.get("group", "all") for r in rows))
     parts = []
     for group in groups:
@@ -192,6 +241,9 @@ def markdown_report(rows: list[dict[str, Any]]) -> str:
         title = {"all": "All held-out speakers", SEEN_SPEAKERS: "Training speakers, new sentences"}.get(group, f"Held-out speakers, {group}")
         parts.append(f"**{title}** ({speakers} speakers)\n\n{markdown_table(rows, group)}")
     budgets = {r["algorithm"]: r for r in rows if "train_seconds" in r}
+    summary = headline_text(headline(rows))
+    if summary:
+        parts.insert(0, summary)
     if budgets:
         spent = "; ".join(f"{a}: {r['outer_steps']:.0f} outer steps, {r['train_seconds'] / 60:.1f} min" for a, r in budgets.items())
         parts.insert(0, f"Budget from the shared start (mean over seeds): {spent}.")

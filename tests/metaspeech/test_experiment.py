@@ -8,7 +8,7 @@ import pytest
 
 from metaspeech.evaluation import AdaptationReport, score_utterance
 from metaspeech.cli import main
-from metaspeech.experiment import markdown_report, summarize
+from metaspeech.experiment import headline, markdown_report, summarize
 from tests.conftest import REPO, TINY_MODEL_ARGS
 
 
@@ -41,6 +41,24 @@ def test_summary_averages_seeds_and_reports_each_group() -> None:
     assert "| oracle | | 0.0 |" in text
 
 
+def test_headline_names_the_best_algorithm_and_compares_the_best_meta_learner_with_joint_training() -> None:
+    rows = summarize({"maml": {0: _report(2)}, "fomaml": {0: _report(2)}, "joint": {0: _report(1)}})
+    summary = headline(rows)
+    # No (5, 5) cell in these reports: the largest k and s run, (1, 2).
+    assert (summary["shots"], summary["steps"]) == (1, 2)
+    # joint: 2 errors of 6 words at s = 0, 1 after adaptation, 0 for the oracle.
+    assert summary["best"]["algorithm"] == "joint" and summary["best"]["wer"] == pytest.approx(1 / 6)
+    assert summary["best"]["relative_wer_reduction"] == pytest.approx(0.5) and summary["best"]["gap_closed"] == pytest.approx(0.5)
+    versus = summary["meta_vs_joint"]
+    assert versus["algorithm"] == "maml" and versus["relative_wer_reduction"] == pytest.approx(-1.0)
+    text = markdown_report(rows)
+    assert ("**Headline, all held-out speakers, k = 1, s = 2** (1 seed(s)): the best is joint at 16.7 % WER "
+            "(+50.0 % relative vs no adaptation; 0 % of speakers worse; 50 % of the oracle gap closed).") in text
+    assert "The best meta-learner, maml, is not better than joint training + the same fine-tuning: 33.3 vs 16.7 % (-100.0 % relative)." in text
+    alone = headline(summarize({"maml": {0: _report(2)}}))
+    assert alone["best"]["algorithm"] == "maml" and "meta_vs_joint" not in alone
+
+
 def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:
     """``metaspeech demo`` (the README's main job) end to end on the tiny corpus with a tiny budget."""
     monkeypatch.chdir(REPO)
@@ -56,7 +74,8 @@ def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_
     rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
     assert {r["algorithm"] for r in rows} == {"fomaml", "joint"}
     assert {r["outer_steps"] for r in rows} == {2} and all(r["train_seconds"] > 0 for r in rows)
-    assert "Budget from the shared start" in printed
+    assert "Budget from the shared start" in printed and "**Headline, all held-out speakers, k = 3, s = 2**" in printed
+    assert json.loads((tmp_path / "comparison.json").read_text())["headline"]["best"]["algorithm"] in {"fomaml", "joint"}
     assert printed.count("chosen on meta-val speakers") == 2  # configs/protocol/benchmark.yaml: each algorithm's inner lr
     assert {(r["shots"], r["steps"]) for r in rows if r["group"] == "all"} == {(1, 0), (1, 2), (3, 0), (3, 2)}
     assert {r["group"] for r in rows} >= {"all", "unseen accent"}
