@@ -139,6 +139,7 @@ def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str,
                 "adaptation_seconds": statistics.mean(c.adaptation_seconds for c in conditions),
                 "speakers": conditions[0].speakers,
                 "seeds": len(conditions),
+                "seed_ids": sorted(by_seed),
                 **_budget(by_seed.values()),
             })
     return rows
@@ -165,17 +166,23 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     of them. Over all held-out speakers at ``HEADLINE_CELL`` (else the largest k and s run): the best
     algorithm by WER, with its relative reduction vs no adaptation, share of speakers worse and share
     of the oracle gap closed; and the best meta-learner's relative WER reduction vs ``BASELINE`` (positive:
-    meta-learning is better). None without adapted cells.
+    meta-learning is better). Means over different seeds are not comparable, so only algorithms run on
+    ``BASELINE``'s seeds (without it, on the most common seeds) take part; the others are listed as left
+    out. None without adapted cells.
     """
     adapted = [r for r in rows if r.get("group", "all") == "all" and r["steps"] > 0]
     if not adapted:
         return None
     cells = {(r["shots"], r["steps"]) for r in adapted}
     shots, steps = HEADLINE_CELL if HEADLINE_CELL in cells else max(cells)
-    cell = {r["algorithm"]: r for r in adapted if (r["shots"], r["steps"]) == (shots, steps)}
+    everyone = {r["algorithm"]: r for r in adapted if (r["shots"], r["steps"]) == (shots, steps)}
+    seed_sets = [tuple(r.get("seed_ids", ())) for r in everyone.values()]
+    seeds = tuple(everyone[BASELINE].get("seed_ids", ())) if BASELINE in everyone else max(seed_sets, key=seed_sets.count)
+    cell = {name: r for name, r in everyone.items() if tuple(r.get("seed_ids", ())) == seeds}
     best = min(cell.values(), key=lambda r: r["wer"])
     keys = ("wer", "wer_std", "relative_wer_reduction", "speakers_worse", "gap_closed", "seeds")
-    summary: dict[str, Any] = {"shots": shots, "steps": steps, "best": {"algorithm": best["algorithm"], **{k: best[k] for k in keys}}}
+    summary: dict[str, Any] = {"shots": shots, "steps": steps, "best": {"algorithm": best["algorithm"], **{k: best[k] for k in keys}},
+                               "left_out": sorted(set(everyone) - set(cell))}
     meta = [r for name, r in cell.items() if name != BASELINE]
     if BASELINE in cell and meta:
         best_meta = min(meta, key=lambda r: r["wer"])
@@ -198,6 +205,8 @@ def headline_text(summary: dict[str, Any] | None) -> str:
         verdict = "better" if versus["relative_wer_reduction"] > 0 else "not better"
         text += (f" The best meta-learner, {versus['algorithm']}, is {verdict} than {BASELINE} training + the same fine-tuning: "
                  f"{100 * versus['wer']:.1f} vs {100 * versus['joint_wer']:.1f} % ({100 * versus['relative_wer_reduction']:+.1f} % relative).")
+    if summary.get("left_out"):
+        text += f" Left out, run on other seeds: {', '.join(summary['left_out'])}."
     return text
 
 

@@ -59,6 +59,14 @@ def test_headline_names_the_best_algorithm_and_compares_the_best_meta_learner_wi
     assert alone["best"]["algorithm"] == "maml" and "meta_vs_joint" not in alone
 
 
+def test_headline_compares_only_algorithms_run_on_the_same_seeds() -> None:
+    """A one-seed mean is not compared with a three-seed mean: reptile (seed 0 only) is left out, named."""
+    rows = summarize({"reptile": {0: _report(0)}, "fomaml": {0: _report(2), 1: _report(2)}, "joint": {0: _report(1), 1: _report(1)}})
+    summary = headline(rows)
+    assert summary["best"]["algorithm"] == "joint" and summary["meta_vs_joint"]["algorithm"] == "fomaml"
+    assert summary["left_out"] == ["reptile"] and "Left out, run on other seeds: reptile." in markdown_report(rows)
+
+
 def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:
     """``metaspeech demo`` (the README's main job) end to end on the tiny corpus with a tiny budget."""
     monkeypatch.chdir(REPO)
