@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--data", default="configs/data/embedded_small.yaml")
     parser.add_argument("--trainer", default="configs/trainer/cpu.yaml")
     parser.add_argument("--output", default="results/benchmarks/adaptation")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs side by side after the shared starts, one process each, the threads split between them")
     parser.add_argument("--summarize_only", action="store_true",
                         help="re-build the table from the per-run JSON already under --output (e.g. runs done in parts)")
     args, extra = parser.parse_known_args()
@@ -55,6 +57,7 @@ def main() -> None:
     summary = run_comparison(
         [str(REPO / "configs" / f"{name}.yaml") for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),
         Path(args.output), args.seeds, overrides, base_config=str(REPO / "configs/base.yaml"), base_steps=args.base_steps,
+        workers=args.workers,
     )
     print(summary["table"])
     print(f"wrote {summary['json']}, {summary['plot']} in {(time.perf_counter() - start) / 60:.1f} min")

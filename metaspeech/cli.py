@@ -66,6 +66,11 @@ def main(args: list[str] | None = None) -> int:
             raise
         print(f"metaspeech {argv[0]}: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"metaspeech {argv[0]}: interrupted (runs that finished keep their files)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

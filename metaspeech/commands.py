@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {}
+WORKERS_HELP = ("runs side by side after the shared start, one process each, the threads split between them "
+                "(default: one per run, at most one per thread; 1: one after the other)")
 
 
 def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
@@ -34,6 +36,14 @@ def run_command(argv: list[str]) -> int:
         print(f"metaspeech: unknown command {name!r}; commands: {known} (metaspeech --help)", file=sys.stderr)
         return 2
     return COMMANDS[name](argv[1:])
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 @command("generate")
@@ -108,12 +118,15 @@ def compare(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--base_steps", type=int, default=0, help="outer steps of a shared joint-trained start (0: none)")
     parser.add_argument("--base_config", default="configs/base.yaml")
+    parser.add_argument("--workers", type=_positive, default=None, help=WORKERS_HELP)
     args, unknown = parser.parse_known_args(argv)
     from metaspeech.experiment import run_comparison
+    from metaspeech.parallel_runs import default_workers
 
     summary = run_comparison(
         args.algorithms, args.data, args.trainer, Path(args.output), args.seeds, unknown,
         base_config=args.base_config, base_steps=args.base_steps,
+        workers=args.workers or default_workers(len(args.algorithms) * len(args.seeds)),
     )
     print(summary["table"])
     print(json.dumps({"json": str(summary["json"]), "plot": str(summary["plot"])}))
@@ -131,14 +144,17 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=60, help="outer steps each algorithm gets from the shared start")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output", default="results/demo")
+    parser.add_argument("--workers", type=_positive, default=None, help=WORKERS_HELP)
     args, unknown = parser.parse_known_args(argv)
     from metaspeech.experiment import QUICK_RUN, run_comparison
+    from metaspeech.parallel_runs import default_workers
 
     summary = run_comparison(
         [f"configs/{args.algorithm}.yaml", "configs/joint.yaml"], f"configs/data/embedded_{args.preset.replace('-', '_')}.yaml",
         "configs/trainer/cpu.yaml", Path(args.output), args.seeds,
         [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", "configs/protocol/benchmark.yaml", *unknown],
         base_config="configs/base.yaml", base_steps=args.base_steps,
+        workers=args.workers or default_workers(2 * len(args.seeds)),
     )
     print(summary["table"])
     print(f"tables and plot: {summary['json'].parent}")

@@ -14,8 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from lightning.pytorch.callbacks import Callback
+
 from metaspeech.lightning_cli import build_cli
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
+from metaspeech.parallel_runs import Run, run_side_by_side
 
 QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
@@ -49,9 +52,11 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
     return path
 
 
-def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]) -> AdaptationReport:
-    """fit + test one configuration; returns its evaluation report."""
+def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str],
+            callbacks: Iterable[Callback] = ()) -> AdaptationReport:
+    """fit + test one configuration (with ``callbacks`` added to its Trainer); returns its evaluation report."""
     cli = _cli(algorithm_config, data_config, trainer_config, root, seed, overrides)
+    cli.trainer.callbacks.extend(callbacks)
     print(f"{Path(algorithm_config).stem}: meta-training, seed {seed}", flush=True)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -72,23 +77,32 @@ def run_comparison(
     overrides: list[str],
     base_config: str | None = None,
     base_steps: int = 0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """All algorithms x seeds; writes ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png``.
 
     With ``base_steps > 0`` every algorithm starts from the same model, first trained
     for ``base_steps`` outer steps with ``base_config`` (per seed), and then gets the
     same number of outer steps of its own: the comparison isolates what each
-    algorithm does with an equal budget from an equal start.
+    algorithm does with an equal budget from an equal start. The shared starts are
+    trained first, with all threads; with ``workers > 1`` the (algorithm, seed) runs then go
+    side by side, one process each (:mod:`metaspeech.parallel_runs`).
     """
-    results: dict[str, dict[int, AdaptationReport]] = defaultdict(dict)
+    runs = []
     for seed in seeds:
         extra = list(overrides)
         if base_steps > 0:
             base = train_base(base_config or algorithm_configs[-1], data_config, trainer_config, output / "base" / f"seed{seed}", seed, base_steps, overrides)
             extra.append(f"--model.init_from={base}")
-        for config in algorithm_configs:
-            name = Path(config).stem
-            results[name][seed] = run_one(config, data_config, trainer_config, output / name / f"seed{seed}", seed, extra)
+        runs += [Run(config, data_config, trainer_config, output / Path(config).stem / f"seed{seed}", seed, tuple(extra))
+                 for config in algorithm_configs]
+    if workers > 1:
+        reports = run_side_by_side(runs, workers)
+    else:
+        reports = [run_one(r.algorithm_config, r.data_config, r.trainer_config, r.root, r.seed, list(r.overrides)) for r in runs]
+    results: dict[str, dict[int, AdaptationReport]] = defaultdict(dict)
+    for run, report in zip(runs, reports):
+        results[Path(run.algorithm_config).stem][run.seed] = report
     return write_comparison(results, seeds, output)
 
 

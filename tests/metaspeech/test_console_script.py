@@ -168,3 +168,15 @@ def test_a_missing_corpus_root_is_a_one_line_error(tmp_path) -> None:
 def test_adapt_errors_exit_2(tmp_path) -> None:
     result = run("adapt", "--checkpoint", str(tmp_path / "none.ckpt"), "--data", str(tmp_path), "--output", str(tmp_path / "a.pt"))
     assert_one_line_error(result, "CheckpointError", "none.ckpt")
+
+
+def test_demo_side_by_side_from_the_console_script(corpus_root, feature_cache, tmp_path) -> None:
+    """``metaspeech demo --workers 2`` spawns its workers from the console script itself and exits 0;
+    ``--workers 0`` is refused with exit status 2."""
+    refused = run("demo", "--workers", "0")
+    assert refused.returncode == 2 and "--workers: must be 1 or more, got 0" in refused.stderr
+    result = run("demo", "--preset", "tiny", "--base_steps", "1", "--steps", "1", "--workers", "2", "--output", str(tmp_path),
+                 *tiny_data(corpus_root, feature_cache), *TINY, "--model.test_shots=[1]", "--model.test_steps=[0,1]", cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes side by side" in result.stdout and "fomaml WER %" in result.stdout
+    assert (tmp_path / "joint" / "seed0" / "log.txt").is_file() and (tmp_path / "comparison.json").is_file()

@@ -67,15 +67,19 @@ def test_headline_compares_only_algorithms_run_on_the_same_seeds() -> None:
     assert summary["left_out"] == ["reptile"] and "Left out, run on other seeds: reptile." in markdown_report(rows)
 
 
-def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:
-    """``metaspeech demo`` (the README's main job) end to end on the tiny corpus with a tiny budget."""
-    monkeypatch.chdir(REPO)
-    main([
-        "demo", "--preset", "tiny", "--base_steps", "2", "--steps", "2", "--output", str(tmp_path),
+def _tiny_demo(output, corpus_root, feature_cache, workers: int) -> list[str]:
+    return [
+        "demo", "--preset", "tiny", "--base_steps", "2", "--steps", "2", "--output", str(output), "--workers", str(workers),
         f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
         *[f"--model.recognizer.init_args.{k}={v}" for k, v in TINY_MODEL_ARGS.items()],
         "--model.test_shots=[1,3]", "--model.test_steps=[0,2]",
-    ])
+    ]
+
+
+def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:
+    """``metaspeech demo`` (the README's main job) end to end on the tiny corpus with a tiny budget."""
+    monkeypatch.chdir(REPO)
+    assert main(_tiny_demo(tmp_path, corpus_root, feature_cache, workers=1)) == 0
     printed = capsys.readouterr().out
     assert "fomaml WER %" in printed and "joint WER %" in printed and "unseen accent" in printed
     assert (tmp_path / "base" / "seed0" / "base.ckpt").is_file()
@@ -99,3 +103,36 @@ def test_comparison_can_be_rebuilt_from_runs_done_in_parts(tmp_path) -> None:
     assert {name: sorted(by_seed) for name, by_seed in results.items()} == {"joint": [0], "maml": [0, 1]}
     rows = write_comparison(results, [0, 1], tmp_path)["rows"]
     assert {(r["algorithm"], r["seeds"]) for r in rows if r["group"] == "all"} == {("maml", 2), ("joint", 1)}
+
+
+def test_demo_side_by_side_gives_the_numbers_of_the_runs_one_after_the_other(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:
+    """``--workers 2``: FOMAML and joint training in two one-thread processes, after a shared start trained here.
+
+    With one thread everywhere the two paths compute the same floats, so every number of the comparison
+    but the wall-clock matches; each run's console output is in its folder, and the parent shows progress.
+    """
+    import torch
+
+    monkeypatch.chdir(REPO)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_tiny_demo(tmp_path / "sequential", corpus_root, feature_cache, workers=1)) == 0
+        capsys.readouterr()
+        assert main(_tiny_demo(tmp_path / "side_by_side", corpus_root, feature_cache, workers=2)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "fomaml seed 0, joint seed 0: 2 processes side by side, 1 thread(s) each" in printed
+    assert "fomaml WER %" in printed and "joint WER %" in printed
+    assert "joint seed 0: test protocol (held-out speakers)" in printed  # the workers' progress reached the parent
+    assert "fomaml seed 0: inner learning rate" in printed
+
+    def numbers(folder):
+        rows = json.loads((tmp_path / folder / "comparison.json").read_text())["rows"]
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+    assert numbers("side_by_side") == numbers("sequential") and len(numbers("sequential")) > 10
+    for name in ("fomaml", "joint"):
+        log = (tmp_path / "side_by_side" / name / "seed0" / "log.txt").read_text()
+        assert "chosen on meta-val speakers" in log and f"{name}: adaptation protocol" in log
