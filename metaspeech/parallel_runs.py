@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport
 
 
@@ -112,10 +113,16 @@ def _show(bars: Progress, tasks: dict[str, Any], events: Any, timeout: float) ->
 
 
 def _result(future: Future, run: Run) -> AdaptationReport:
+    """A worker's report; its failures as the errors the console script reports, naming the run and its log."""
+    log = run.root / "log.txt"
     try:
         return future.result()
+    except SystemExit:  # the Lightning CLI refused an argument: its message went to the run's log
+        errors = [line for line in log.read_text().splitlines() if "error:" in line] if log.is_file() else []
+        reason = errors[-1].strip() if errors else "see its log"
+        raise ConfigError(f"{run.label}: the command line was refused: {reason} (output of the run: {log})") from None
     except BrokenProcessPool as err:
-        raise RuntimeError(f"{run.label}: its process died (out of memory?); its output: {run.root / 'log.txt'}") from err
+        raise RuntimeError(f"{run.label}: its process died (out of memory?); output of the run: {log}") from err
 
 
 _EVENTS: Any = None

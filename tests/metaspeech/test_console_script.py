@@ -172,9 +172,12 @@ def test_adapt_errors_exit_2(tmp_path) -> None:
 
 def test_demo_side_by_side_from_the_console_script(corpus_root, feature_cache, tmp_path) -> None:
     """``metaspeech demo --workers 2`` spawns its workers from the console script itself and exits 0;
-    ``--workers 0`` is refused with exit status 2."""
+    ``--workers 0``, and an argument a worker's Lightning CLI refuses, are one-line errors with exit status 2."""
     refused = run("demo", "--workers", "0")
     assert refused.returncode == 2 and "--workers: must be 1 or more, got 0" in refused.stderr
+    in_a_worker = run("compare", "--algorithms", "configs/fomaml.yaml", "configs/joint.yaml", "--workers", "2",
+                      "--output", str(tmp_path / "refused"), *tiny_data(corpus_root, feature_cache), "--model.nonsense=3", cwd=REPO)
+    assert_one_line_error(in_a_worker, "fomaml seed 0: the command line was refused", "--model.nonsense=3", "log.txt")
     result = run("demo", "--preset", "tiny", "--base_steps", "1", "--steps", "1", "--workers", "2", "--output", str(tmp_path),
                  *tiny_data(corpus_root, feature_cache), *TINY, "--model.test_shots=[1]", "--model.test_steps=[0,1]", cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
