@@ -180,7 +180,8 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     of them. Over all held-out speakers at ``HEADLINE_CELL`` (else the largest k and s run): the best
     algorithm by WER, with its relative reduction vs no adaptation, share of speakers worse and share
     of the oracle gap closed; and the best meta-learner's relative WER reduction vs ``BASELINE`` (positive:
-    meta-learning is better). Means over different seeds are not comparable, so only algorithms run on
+    meta-learning is better), and whether that difference is smaller than the larger of the two standard
+    deviations over seeds (then it is not a result either way). Means over different seeds are not comparable, so only algorithms run on
     ``BASELINE``'s seeds (without it, on the most common seeds) take part; the others are listed as left
     out. None without adapted cells.
     """
@@ -200,8 +201,11 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     meta = [r for name, r in cell.items() if name != BASELINE]
     if BASELINE in cell and meta:
         best_meta = min(meta, key=lambda r: r["wer"])
-        summary["meta_vs_joint"] = {"algorithm": best_meta["algorithm"], "wer": best_meta["wer"], "joint_wer": cell[BASELINE]["wer"],
-                                    "relative_wer_reduction": 1.0 - best_meta["wer"] / cell[BASELINE]["wer"] if cell[BASELINE]["wer"] else 0.0}
+        joint = cell[BASELINE]
+        spread = max(best_meta.get("wer_std", 0.0), joint.get("wer_std", 0.0)) if len(seeds) > 1 else 0.0
+        summary["meta_vs_joint"] = {"algorithm": best_meta["algorithm"], "wer": best_meta["wer"], "joint_wer": joint["wer"],
+                                    "relative_wer_reduction": 1.0 - best_meta["wer"] / joint["wer"] if joint["wer"] else 0.0,
+                                    "seed_spread": spread, "within_seed_spread": abs(best_meta["wer"] - joint["wer"]) < spread}
     return summary
 
 
@@ -216,9 +220,13 @@ def headline_text(summary: dict[str, Any] | None) -> str:
             f"vs no adaptation; {100 * best['speakers_worse']:.0f} % of speakers worse{gap}).")
     versus = summary.get("meta_vs_joint")
     if versus:
-        verdict = "better" if versus["relative_wer_reduction"] > 0 else "not better"
-        text += (f" The best meta-learner, {versus['algorithm']}, is {verdict} than {BASELINE} training + the same fine-tuning: "
-                 f"{100 * versus['wer']:.1f} vs {100 * versus['joint_wer']:.1f} % ({100 * versus['relative_wer_reduction']:+.1f} % relative).")
+        numbers = f"{100 * versus['wer']:.1f} vs {100 * versus['joint_wer']:.1f} % ({100 * versus['relative_wer_reduction']:+.1f} % relative)"
+        if versus.get("within_seed_spread"):
+            text += (f" The best meta-learner, {versus['algorithm']}, and {BASELINE} training + the same fine-tuning differ by less "
+                     f"than the seed spread (standard deviation {100 * versus['seed_spread']:.1f} points): {numbers}.")
+        else:
+            verdict = "better" if versus["relative_wer_reduction"] > 0 else "not better"
+            text += f" The best meta-learner, {versus['algorithm']}, is {verdict} than {BASELINE} training + the same fine-tuning: {numbers}."
     if summary.get("left_out"):
         text += f" Left out, run on other seeds: {', '.join(summary['left_out'])}."
     return text

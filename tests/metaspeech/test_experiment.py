@@ -59,6 +59,17 @@ def test_headline_names_the_best_algorithm_and_compares_the_best_meta_learner_wi
     assert alone["best"]["algorithm"] == "maml" and "meta_vs_joint" not in alone
 
 
+def test_headline_says_when_meta_learning_and_joint_training_differ_by_less_than_the_seed_spread() -> None:
+    """fomaml: 0 and 2 errors of 6 words at s = 2 on seeds 0 and 1 (16.7 ± 16.7 %); joint: 2 and 1 (25.0 ± 8.3 %)."""
+    rows = summarize({"fomaml": {0: _report(0), 1: _report(2)}, "joint": {0: _report(2), 1: _report(1)}})
+    versus = headline(rows)["meta_vs_joint"]
+    assert versus["seed_spread"] == pytest.approx(1 / 6) and versus["within_seed_spread"]
+    assert ("The best meta-learner, fomaml, and joint training + the same fine-tuning differ by less than the seed spread "
+            "(standard deviation 16.7 points): 16.7 vs 25.0 % (+33.3 % relative).") in markdown_report(rows)
+    one_seed = headline(summarize({"fomaml": {0: _report(0)}, "joint": {0: _report(2)}}))["meta_vs_joint"]
+    assert one_seed["seed_spread"] == 0.0 and not one_seed["within_seed_spread"]
+
+
 def test_headline_compares_only_algorithms_run_on_the_same_seeds() -> None:
     """A one-seed mean is not compared with a three-seed mean: reptile (seed 0 only) is left out, named."""
     rows = summarize({"reptile": {0: _report(0)}, "fomaml": {0: _report(2), 1: _report(2)}, "joint": {0: _report(1), 1: _report(1)}})
