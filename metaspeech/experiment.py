@@ -52,17 +52,17 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
     return path
 
 
-def run_one(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str],
-            callbacks: Iterable[Callback] = ()) -> AdaptationReport:
+def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport:
     """fit + test one configuration (with ``callbacks`` added to its Trainer); returns its evaluation report."""
-    cli = _cli(algorithm_config, data_config, trainer_config, root, seed, overrides)
+    cli = _cli(run.algorithm_config, run.data_config, run.trainer_config, run.root, run.seed, list(run.overrides))
     cli.trainer.callbacks.extend(callbacks)
-    print(f"{Path(algorithm_config).stem}: meta-training, seed {seed}", flush=True)
+    name = Path(run.algorithm_config).stem
+    print(f"{name}: meta-training, seed {run.seed}", flush=True)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.model.protocol_settings["budget"] = {"outer_steps": cli.trainer.global_step,
                                              "train_seconds": round(time.perf_counter() - start, 1)}
-    print(f"{Path(algorithm_config).stem}: adaptation protocol on the held-out speakers", flush=True)
+    print(f"{name}: adaptation protocol on the held-out speakers", flush=True)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # the adaptation table is the result
     assert cli.model.last_report is not None
     return cli.model.last_report
@@ -99,7 +99,7 @@ def run_comparison(
     if workers > 1:
         reports = run_side_by_side(runs, workers)
     else:
-        reports = [run_one(r.algorithm_config, r.data_config, r.trainer_config, r.root, r.seed, list(r.overrides)) for r in runs]
+        reports = [run_one(run) for run in runs]
     results: dict[str, dict[int, AdaptationReport]] = defaultdict(dict)
     for run, report in zip(runs, reports):
         results[Path(run.algorithm_config).stem][run.seed] = report
@@ -181,8 +181,8 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     algorithm by WER, with its relative reduction vs no adaptation, share of speakers worse and share
     of the oracle gap closed; and the best meta-learner's relative WER reduction vs ``BASELINE`` (positive:
     meta-learning is better), and whether that difference is smaller than the larger of the two standard
-    deviations over seeds (then it is not a result either way). Means over different seeds are not comparable, so only algorithms run on
-    ``BASELINE``'s seeds (without it, on the most common seeds) take part; the others are listed as left
+    deviations over seeds (then it is not a result either way). Means over different seeds are not
+    comparable, so only algorithms run on ``BASELINE``'s seeds (without it, on the most common seeds) take part; the others are listed as left
     out. None without adapted cells.
     """
     adapted = [r for r in rows if r.get("group", "all") == "all" and r["steps"] > 0]

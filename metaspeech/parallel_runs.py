@@ -19,22 +19,23 @@ import queue as queue_module
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport
+from metaspeech.progress import bar_columns
 
 
 @dataclass(frozen=True)
 class Run:
-    """One (algorithm config, seed) of a comparison, with everything :func:`~metaspeech.experiment.run_one` takes."""
+    """One (algorithm config, seed) of a comparison: what :func:`~metaspeech.experiment.run_one` fits and tests."""
 
     algorithm_config: str
     data_config: str
@@ -84,10 +85,8 @@ def run_side_by_side(runs: list[Run], workers: int) -> list[AdaptationReport]:
     events = context.Queue()
     print(f"{', '.join(r.label for r in runs)}: {workers} processes side by side, {threads} thread(s) each; "
           f"their output goes to log.txt in each run's folder", flush=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(events, threads)) as pool, \
-            Progress(*columns) as bars:
+            Progress(*bar_columns()) as bars:
         futures = [pool.submit(_run_in_worker, run) for run in runs]
         tasks = {run.label: bars.add_task(f"{run.label}: waiting", total=None) for run in runs}
         while not all(f.done() for f in futures):
@@ -142,5 +141,5 @@ def _run_in_worker(run: Run) -> AdaptationReport:
     with open(run.root / "log.txt", "w") as log:
         sys.stdout.flush(), sys.stderr.flush()
         os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
-        return run_one(run.algorithm_config, run.data_config, run.trainer_config, run.root, run.seed,
-                       [*run.overrides, "--trainer.enable_progress_bar=false"], callbacks=[QueueProgress(run.label, _EVENTS)])
+        quiet = replace(run, overrides=(*run.overrides, "--trainer.enable_progress_bar=false"))
+        return run_one(quiet, callbacks=[QueueProgress(run.label, _EVENTS)])

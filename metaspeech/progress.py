@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 
 class MetaTrainingProgressBar(RichProgressBar):
@@ -53,11 +54,15 @@ class MetaTrainingProgressBar(RichProgressBar):
         self.refresh()
 
 
+def bar_columns() -> tuple[ProgressColumn, ...]:
+    """The columns of every progress display outside a Trainer: what, bar, done/total, elapsed, time left."""
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn())
+
+
 @contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar for ``total`` units of work; yields ``advance(n)``."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns) as bar:
+    with Progress(*bar_columns()) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
