@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -85,7 +86,23 @@ def load_checkpoint_file(
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch raises many types for bad files
-        raise CheckpointError(f"cannot read {what} {path}: {err}") from err
+        raise CheckpointError(f"cannot read {what} {path}: {_why_unreadable(path, err)}; {hint}") from None
+
+
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is not, in one phrase.
+
+    Why not torch's own message: it advises re-running with ``weights_only=False``, which is wrong
+    for a damaged file and unsafe for a hostile one (unpickling arbitrary objects runs their code).
+    """
+    message = str(err)
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"it holds pickled Python objects ({found.group(1)}), not only tensors, and loading those could run code, "
+                "so it is refused (do not load it with weights_only=False)")
+    return "it is not a PyTorch checkpoint (truncated, damaged or another format)"
 
 
 @dataclass(frozen=True)

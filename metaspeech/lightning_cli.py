@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from metaspeech.checkpoint_io import read_metaspeech_section, use_atomic_checkpoint_io
+from metaspeech.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
 from metaspeech.config import import_class
 from metaspeech.datamodules.episodic import EpisodicDataModule
 from metaspeech.errors import ConfigError
@@ -33,6 +33,8 @@ LIGHTNING_SUBCOMMANDS = {
     "predict": "adapt to and transcribe the held-out speakers",
 }
 FROM_CHECKPOINT = ("validate", "test", "predict")
+LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
+"""``--ckpt_path`` values that Lightning resolves itself (a checkpoint callback's file, SLURM's)."""
 """Subcommands that evaluate a trained model: with ``--ckpt_path`` the model is rebuilt from the checkpoint."""
 
 
@@ -63,6 +65,22 @@ class MetaSpeechCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.recognizer.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.feature_dim", "model.recognizer.init_args.input_dim", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then read ``--ckpt_path`` with metaspeech's checkpoint reader.
+
+        Why here: Lightning loads that file next (for its hyperparameters), and its loader turns a
+        missing, damaged or hostile file into a traceback that advises ``weights_only=False``.
+        :func:`~metaspeech.checkpoint_io.read_metaspeech_section` refuses such a file first, in one
+        line. Lightning's own names (``last``, ``best``, ``hpc``, ``registry...``) and remote URLs are
+        left to Lightning.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self._checkpoint_section: MetaSpeechSection | None = None
+        if path and str(path) not in LIGHTNING_CHECKPOINT_NAMES and not str(path).startswith("registry") and "://" not in str(path):
+            self._checkpoint_section = read_metaspeech_section(path)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand in FROM_CHECKPOINT and config.get("ckpt_path"):
@@ -70,7 +88,7 @@ class MetaSpeechCLI(LightningCLI):
 
     def _rebuild_from_checkpoint(self, config: Namespace, path: str) -> None:
         """Take the model's construction record from the checkpoint; refuse command-line overrides that contradict it."""
-        section = read_metaspeech_section(path)
+        section = self._checkpoint_section or read_metaspeech_section(path)
         recorded = {
             "model.recognizer": section.model,
             "model.algorithm": section.algorithm,
