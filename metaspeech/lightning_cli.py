@@ -9,9 +9,10 @@ how the console script (:mod:`metaspeech.cli`) and the experiment runner
 
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import yaml
 from jsonargparse import Namespace
@@ -21,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from metaspeech.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
 from metaspeech.config import import_class
+from metaspeech.config_errors import readable_config_error
 from metaspeech.datamodules.episodic import EpisodicDataModule
 from metaspeech.errors import ConfigError
 from metaspeech.module import MetaSpeechModule
@@ -36,6 +38,37 @@ FROM_CHECKPOINT = ("validate", "test", "predict")
 LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
 """``--ckpt_path`` values that Lightning resolves itself (a checkpoint callback's file, SLURM's)."""
 """Subcommands that evaluate a trained model: with ``--ckpt_path`` the model is rebuilt from the checkpoint."""
+
+
+class MetaSpeechArgumentParser(LightningArgumentParser):
+    """Lightning's argument parser, whose errors are one readable line (:mod:`metaspeech.config_errors`).
+
+    A refused command line or config raises a :class:`~metaspeech.errors.ConfigError` naming the key, its
+    value and the closest valid key or class, instead of printing the usage; ``--help`` prints the usage.
+    Abbreviated options are refused: ``--trainer.max_step`` is a typo to point out, not ``max_steps``.
+    Parsers that jsonargparse builds internally (``exit_on_error=False``) keep their behaviour.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.command_line: list[str] = sys.argv[1:]  # where an offending key's value is looked up
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        readable = readable_config_error(message, self.command_line, _option_strings(self))
+        raise ConfigError(f"{readable} (--help lists the options)") from ex
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> Iterator[str]:
+    """Every option string of ``parser`` and of its subcommands' parsers."""
+    for action in parser._actions:
+        yield from (option for option in action.option_strings if option.startswith("--"))
+        if isinstance(action.choices, dict):
+            for subparser in action.choices.values():
+                if isinstance(subparser, argparse.ArgumentParser):
+                    yield from _option_strings(subparser)
 
 
 class MetaSpeechCLI(LightningCLI):
@@ -55,6 +88,12 @@ class MetaSpeechCLI(LightningCLI):
         given = kwargs.get("args")
         self.command_line: list[str] = [str(a) for a in (given if given is not None else sys.argv[1:])]
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        if isinstance(parser, MetaSpeechArgumentParser):
+            parser.command_line = self.command_line
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         from jsonargparse import lazy_instance
@@ -226,6 +265,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MetaSpeechCLI:
             trainer_defaults={"inference_mode": False, "use_distributed_sampler": False},
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_class=MetaSpeechArgumentParser,
             parser_kwargs={"description": "metaspeech: meta-learning for fast speaker adaptation (Lightning CLI)"},
             args=args,
             run=run,

@@ -116,7 +116,9 @@ def _result(future: Future, run: Run) -> AdaptationReport:
     log = run.root / "log.txt"
     try:
         return future.result()
-    except SystemExit:  # the Lightning CLI refused an argument: its message went to the run's log
+    except ConfigError as err:  # the Lightning CLI refused an argument or a value
+        raise ConfigError(f"{run.label}: the command line was refused: {err} (output of the run: {log})") from None
+    except SystemExit:  # the Lightning CLI exited (a refused argument): its message went to the run's log
         errors = [line for line in log.read_text().splitlines() if "error:" in line] if log.is_file() else []
         reason = errors[-1].strip() if errors else "see its log"
         raise ConfigError(f"{run.label}: the command line was refused: {reason} (output of the run: {log})") from None
