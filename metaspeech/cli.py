@@ -9,16 +9,18 @@ commands (``adapt``, ``transcribe``, ``generate``, ``compare``, ``demo``) live i
 
 Exit status: 0 on success, 2 for a user-facing error (:mod:`metaspeech.errors`:
 bad data, configuration or checkpoint), printed as one line without a traceback
-(``--debug`` or ``METASPEECH_DEBUG=1`` shows it), 1 for anything else.
+(``--debug`` or ``METASPEECH_DEBUG=1`` shows it too, and keeps the status 2), 143 / 130 for a
+run stopped cleanly by SIGTERM / SIGINT, 1 for anything else (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from metaspeech.errors import MetaSpeechError
-from metaspeech.lightning_cli import LIGHTNING_SUBCOMMANDS, MetaSpeechCLI, build_cli
+from metaspeech.lightning_cli import LIGHTNING_SUBCOMMANDS, MetaSpeechCLI, RunInterrupted, build_cli
 
 __all__ = ["DEBUG_ENV", "MetaSpeechCLI", "build_cli", "main", "usage"]
 
@@ -63,12 +65,15 @@ def main(args: list[str] | None = None) -> int:
         return run_command(argv)
     except MetaSpeechError as err:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"metaspeech {argv[0]}: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        print(f"metaspeech {argv[0]}: {stop}", file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"metaspeech {argv[0]}: interrupted (runs that finished keep their files)", file=sys.stderr)
         return 130
 

@@ -10,6 +10,7 @@ how the console script (:mod:`metaspeech.cli`) and the experiment runner
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, NoReturn
@@ -19,6 +20,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaspeech.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
 from metaspeech.config import import_class
@@ -38,6 +40,24 @@ FROM_CHECKPOINT = ("validate", "test", "predict")
 LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
 """``--ckpt_path`` values that Lightning resolves itself (a checkpoint callback's file, SLURM's)."""
 """Subcommands that evaluate a trained model: with ``--ckpt_path`` the model is rebuilt from the checkpoint."""
+
+
+class RunInterrupted(Exception):
+    """A run that Lightning stopped cleanly on SIGTERM or SIGINT; the console script exits with ``128 + signal``.
+
+    Why: Lightning ends a run on SIGTERM with ``SystemExit(None)`` (exit status 0) and on Ctrl-C with
+    ``sys.exit(1)``; a scheduler or CI must not read either as a success or a crash. The run has stopped
+    after its current batch, so every checkpoint written before the signal is complete.
+    """
+
+    def __init__(self, signum: signal.Signals, step: int) -> None:
+        super().__init__(f"stopped by {signum.name} after {step} outer step(s); checkpoints written before it are kept "
+                         "(resume with --ckpt_path=<its last.ckpt>)")
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(self.signum)
 
 
 class MetaSpeechArgumentParser(LightningArgumentParser):
@@ -156,6 +176,18 @@ class MetaSpeechCLI(LightningCLI):
                     f"{argument} contradicts checkpoint {path}, which was trained with {key}{name}={expected!r}: "
                     "the model is rebuilt from the checkpoint, so drop the override (or fit a new model)"
                 )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a stop on SIGTERM or SIGINT (Lightning's clean shutdown) becomes :class:`RunInterrupted`."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as stop:
+            trainer = getattr(self, "trainer", None)
+            if isinstance(stop, SIGTERMException):
+                raise RunInterrupted(signal.SIGTERM, trainer.global_step if trainer else 0) from None
+            if trainer is not None and trainer.interrupted and stop.code == 1:  # Lightning's exit after KeyboardInterrupt
+                raise RunInterrupted(signal.SIGINT, trainer.global_step) from None
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured Trainer, writing checkpoints atomically (see :mod:`metaspeech.checkpoint_io`).
