@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from metaspeech.algorithms.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 from metaspeech.batch import MetaBatch, TaskBatch
-from metaspeech.config import RecordsInitArgs
+from metaspeech.config import RecordsInitArgs, check_at_least, check_positive
+from metaspeech.errors import ConfigError
 from metaspeech.learner import FastWeights, Learner, PreparedTasks
 
 __all__ = ["Adaptation", "InnerGradientOverflowError", "InnerLoop", "MetaAlgorithm", "NonFiniteLossError", "OuterResult"]
@@ -122,10 +123,14 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         second_order_steps: int | None = None,
     ) -> None:
         super().__init__()
+        key = "model.algorithm.init_args."
+        check_at_least(key + "inner_steps", inner_steps, 0)
+        check_positive(key + "inner_lr", inner_lr, "the inner loop's step size (e.g. 0.1)")
+        check_positive(key + "eval_inner_lr", eval_inner_lr, "the test-time step size, or null for inner_lr")
         if isinstance(inner_lr, (list, tuple)) and len(inner_lr) != inner_steps:
-            raise ValueError(f"inner_lr has {len(inner_lr)} values but inner_steps is {inner_steps}: give one per step")
+            raise ConfigError(f"{key}inner_lr has {len(inner_lr)} values but inner_steps is {inner_steps}: give one per step")
         if second_order_steps is not None and second_order_steps < 0:
-            raise ValueError(f"second_order_steps must be >= 0 (or null for all steps), got {second_order_steps}")
+            raise ConfigError(f"{key}second_order_steps must be >= 0 (or null for all steps), got {second_order_steps}")
         self.inner_steps = inner_steps
         self.inner_lr = list(inner_lr) if isinstance(inner_lr, (list, tuple)) else float(inner_lr)
         self.second_order = second_order

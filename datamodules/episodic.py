@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from metaspeech.audio import load_audio
 from metaspeech.batch import EvaluationBatch
 from metaspeech.checkpoint_io import read_metaspeech_section
+from metaspeech.config import check_at_least
 from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
 from metaspeech.datamodules.dataset import UtteranceDataset
 from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler, make_evaluation_tasks
 from metaspeech.datamodules.seen_speakers import SEEN_GROUP, SeenSpeakerTask, hold_out_seen_sentences
-from metaspeech.datamodules.validation import validate_utterances
+from metaspeech.datamodules.validation import check_task_sizes, validate_utterances
 from metaspeech.errors import ConfigError, DataError
 from metaspeech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
@@ -108,6 +109,10 @@ class EpisodicDataModule(L.LightningDataModule):
         tokenizer_from: str | None = None,
     ) -> None:
         super().__init__()
+        for key, value, minimum in (("k_shot", k_shot, 1), ("q_query", q_query, 1), ("tasks_per_batch", tasks_per_batch, 1),
+                                    ("batches_per_epoch", batches_per_epoch, 1), ("eval_pool_size", eval_pool_size, 1),
+                                    ("eval_size", eval_size, 1), ("oracle_pool_size", oracle_pool_size, 0)):
+            check_at_least(f"data.init_args.{key}", value, minimum)
         if on_bad_input not in ("skip", "raise"):
             raise ConfigError(f"data.init_args.on_bad_input must be 'skip' or 'raise', got {on_bad_input!r}")
         self.task_key = task_key
@@ -308,6 +313,8 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
+        if self.on_bad_input == "raise":
+            self._refuse_short_tasks()
         sampler = SpeakerEpisodeSampler(
             self.task_indices["train"], self.k_shot, self.q_query, self.tasks_per_batch,
             self.batches_per_epoch, seed=self.seed, rank=rank, world_size=world, task_key=self.task_key,
@@ -320,6 +327,19 @@ class EpisodicDataModule(L.LightningDataModule):
             self.datasets["train"], batch_sampler=sampler, collate_fn=MetaBatchCollator.for_sampler(sampler),
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )
+
+    def _refuse_short_tasks(self) -> None:
+        """``on_bad_input: raise``: a meta-train task with fewer than k_shot + q_query utterances stops the run.
+
+        (``skip`` leaves such tasks out of meta-training with a warning that names them: the sampler's.)
+        """
+        counts = {task: len(indices) for task, indices in self.task_indices["train"].items()}
+        short = check_task_sizes(counts, self.k_shot + self.q_query, self.task_key)
+        if short.too_small:
+            raise DataError(
+                f"meta-train {short.message} (k_shot={self.k_shot}, q_query={self.q_query}), "
+                "or set data.init_args.on_bad_input=skip to leave such tasks out of meta-training"
+            )
 
     def _evaluation_loader(self, split: str) -> DataLoader:
         rank, world = self._rank_and_world()

@@ -20,6 +20,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from metaspeech.errors import ConfigError
 from metaspeech.randomness import seeded_generator
 
 _MAX_NAMED = 20  # tasks named in one warning before "and N more"
@@ -28,7 +29,7 @@ _MAX_NAMED = 20  # tasks named in one warning before "and N more"
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
 def _check_rank(rank: int, world_size: int) -> None:
@@ -142,8 +143,9 @@ class SpeakerEpisodeSampler:
     def _check_enough_tasks(self, task_key: str) -> None:
         needed = self.tasks_per_batch * self.world_size
         if len(self.tasks) < needed:
-            raise ValueError(
-                f"only {len(self.tasks)} {task_key}(s) have at least k_shot+q_query={self.k_shot + self.q_query} "
+            raise ConfigError(
+                f"k_shot={self.k_shot} + q_query={self.q_query}: only {len(self.tasks)} {task_key}(s) have at least "
+                f"k_shot+q_query={self.k_shot + self.q_query} "
                 f"utterances, but a meta-batch needs tasks_per_batch*world_size={self.tasks_per_batch}*{self.world_size}"
                 f"={needed} distinct {task_key}s; lower tasks_per_batch (or k_shot/q_query), or add {task_key}s"
             )

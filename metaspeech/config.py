@@ -1,4 +1,4 @@
-"""Rebuilding components from checkpoints without pickled code.
+"""Rebuilding components from checkpoints without pickled code; checking configured values.
 
 Models and algorithms remember how they were constructed (import path and
 keyword arguments). A checkpoint stores that record next to the weights, so
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+import math
+from typing import Any, Iterable
 
-from metaspeech.errors import MetaSpeechError
+from metaspeech.errors import ConfigError, MetaSpeechError
 
 
 class RecordsInitArgs:
@@ -48,3 +49,31 @@ def import_class(class_path: str) -> type:
 def instantiate(config: dict[str, Any]) -> Any:
     """Build an object from ``{"class_path": ..., "init_args": {...}}``."""
     return import_class(config["class_path"])(**config.get("init_args", {}))
+
+
+def check_positive(key: str, value: float | Iterable[float] | None, fix: str = "") -> None:
+    """Refuse a learning rate (or list of them) that is not a finite number > 0, naming the config ``key``.
+
+    Why at construction: a negative or NaN rate trains silently to nothing, or skips every step.
+    None (unset) passes.
+    """
+    for item in _values(value):
+        if not (isinstance(item, (int, float)) and math.isfinite(item) and item > 0):
+            raise ConfigError(f"{key}={_shown(value)}: must be a finite number > 0{'; ' + fix if fix else ''}")
+
+
+def check_at_least(key: str, value: int | Iterable[int] | None, minimum: int) -> None:
+    """Refuse a count (steps, shots) below ``minimum``, naming the config ``key``; None (unset) passes."""
+    for item in _values(value):
+        if not (isinstance(item, int) and item >= minimum):
+            raise ConfigError(f"{key}={_shown(value)}: must be an integer >= {minimum}")
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _shown(value: Any) -> str:
+    return str(list(value)) if isinstance(value, (list, tuple)) else str(value)

@@ -26,7 +26,7 @@ from metaspeech.checkpoint_io import MetaSpeechSection, read_metaspeech_section,
 from metaspeech.config import import_class
 from metaspeech.config_errors import readable_config_error
 from metaspeech.datamodules.episodic import EpisodicDataModule
-from metaspeech.errors import ConfigError
+from metaspeech.errors import ConfigError, MetaSpeechError
 from metaspeech.module import MetaSpeechModule
 from metaspeech.progress import MetaTrainingProgressBar
 
@@ -140,6 +140,20 @@ class MetaSpeechCLI(LightningCLI):
         if path and str(path) not in LIGHTNING_CHECKPOINT_NAMES and not str(path).startswith("registry") and "://" not in str(path):
             self._checkpoint_section = read_metaspeech_section(path)
 
+    def instantiate_classes(self) -> None:
+        """Lightning's, but a refused value (a :class:`MetaSpeechError` raised by a constructor) stays that error.
+
+        Why: jsonargparse wraps an error raised while it builds a class of a Union type (``data`` may be
+        None) into a ValueError with the whole configuration as its message.
+        """
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # noqa: BLE001 -- re-raised unless a user-facing error caused it
+            cause = _user_facing_cause(err)
+            if cause is None or cause is err:
+                raise
+            raise cause from None
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand in FROM_CHECKPOINT and config.get("ckpt_path"):
@@ -205,6 +219,18 @@ class MetaSpeechCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoint_io(trainer)
         return trainer
+
+
+def _user_facing_cause(err: BaseException) -> MetaSpeechError | None:
+    """The first :class:`MetaSpeechError` in the chain of causes of ``err`` (``err`` itself included)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MetaSpeechError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _resume_wandb_run(config: Namespace, run_id: str | None) -> None:

@@ -21,6 +21,7 @@ from metaspeech.algorithms.base import MetaAlgorithm, OuterResult
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
+from metaspeech.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.evaluation import AdaptationReport
 from metaspeech.features import FeatureConfig
@@ -73,6 +74,13 @@ class MetaSpeechModule(L.LightningModule):
         super().__init__()
         check_decay(lr_decay)
         check_chunk_size(tasks_per_chunk)
+        check_positive("model.lr", lr, "the outer (meta) optimizer's learning rate, e.g. 0.001")
+        check_positive("model.max_grad_norm", max_grad_norm, "or null for no clipping")
+        check_at_least("model.warmup_steps", warmup_steps, 0)
+        check_at_least("model.val_shots", val_shots, 1)
+        check_at_least("model.val_steps", val_steps, 0)
+        check_at_least("model.test_shots", test_shots, 1)
+        check_at_least("model.test_steps", test_steps, 0)
         # Evaluation and output settings are not model hyperparameters: a checkpoint must not
         # override them when a user tests it with other shots, steps or an output folder.
         self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir",
