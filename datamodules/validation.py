@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from metaspeech.audio import AudioError, audio_info
+from metaspeech.audio import AudioError, AudioHeader, audio_header
 from metaspeech.errors import DataError
 from metaspeech.manifest import Utterance
 
@@ -51,6 +51,8 @@ class ValidationReport:
     bad_chars: set[str] = field(default_factory=set)
     resampled: dict[str, int] = field(default_factory=dict)
     """Kept audio paths at another rate than ``resample_to`` -> their rate (resampled when loaded)."""
+    downmixed: dict[str, int] = field(default_factory=dict)
+    """Kept audio paths with more than one channel -> their channels (averaged to mono when loaded)."""
 
     @property
     def num_skipped(self) -> int:
@@ -73,6 +75,14 @@ class ValidationReport:
         rates = ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(_count(self.resampled.values()).items()))
         example = next(iter(self.resampled))
         return f"resampling {len(self.resampled)} utterance(s) to {target} Hz ({rates}; e.g. {example})"
+
+
+    def downmix_note(self) -> str:
+        """One line counting the kept files with several channels, averaged to mono ("" when none)."""
+        if not self.downmixed:
+            return ""
+        example = next(iter(self.downmixed))
+        return f"averaging {len(self.downmixed)} multi-channel utterance(s) to mono (e.g. {example})"
 
 
 def _count(values: Iterable[int]) -> dict[int, int]:
@@ -102,7 +112,8 @@ def validate_utterances(
     normalizer's business). Durations come from the files, not from the rows.
     With ``resample_to`` (and no ``sample_rate``), files at another rate are kept,
     listed in ``report.resampled`` and counted in the warning: they are resampled
-    when loaded.
+    when loaded. Multi-channel files are kept too, listed in ``report.downmixed`` and
+    counted in the warning: they are averaged to mono when loaded.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -114,8 +125,10 @@ def validate_utterances(
         problem = _check(row, header, allowed_chars, min_duration, max_duration, sample_rate)
         if problem is None:
             report.kept.append(row)
-            if resample_to is not None and header[1] != resample_to:
-                report.resampled[row.audio_filepath] = header[1]
+            if resample_to is not None and header.sample_rate != resample_to:
+                report.resampled[row.audio_filepath] = header.sample_rate
+            if header.channels > 1:
+                report.downmixed[row.audio_filepath] = header.channels
             continue
         if on_error == "raise":
             raise DataValidationError(
@@ -130,6 +143,8 @@ def validate_utterances(
         notes[0] += " [" + "; ".join(f"{reason}: {_listing(paths)}" for reason, paths in sorted(report.skipped.items())) + "]"
     if report.resampled:
         notes.append(report.resampling_note(resample_to or 0))
+    if report.downmixed:
+        notes.append(report.downmix_note())
     if notes:
         warnings.warn("; ".join(notes), stacklevel=2)
     return report
@@ -141,17 +156,17 @@ def _listing(paths: list[str], limit: int = 5) -> str:
     return ", ".join(paths[:limit]) + more
 
 
-def _read_header(path: str) -> tuple[float, int] | AudioError:
-    """``(duration, sample_rate)``, or the error (returned, so one bad file does not stop the pool)."""
+def _read_header(path: str) -> AudioHeader | AudioError:
+    """The file's header, or the error (returned, so one bad file does not stop the pool)."""
     try:
-        return audio_info(path)
+        return audio_header(path)
     except AudioError as err:
         return err
 
 
 def _check(
     row: Utterance,
-    header: tuple[float, int] | AudioError,
+    header: AudioHeader | AudioError,
     allowed_chars: set[str] | None,
     min_duration: float,
     max_duration: float | None,
@@ -162,7 +177,7 @@ def _check(
         if not Path(row.audio_filepath).exists():
             return Problem(MISSING, "audio file does not exist", "fix the path in the manifest or restore the file")
         return Problem(UNREADABLE, str(header), "re-download or convert the file, or remove the row")
-    duration, rate = header
+    duration, rate = header.duration, header.sample_rate
     if duration <= 0:
         return Problem(EMPTY_AUDIO, "audio has no samples (zero-length)", "re-record or remove the file")
     if duration <= min_duration:

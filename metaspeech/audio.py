@@ -11,6 +11,7 @@ what to do, so a bad file deep inside a corpus is found from the message alone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -60,20 +61,35 @@ def _open_error(path: Path, err: Exception) -> AudioError:
     )
 
 
-def audio_info(path: str | Path) -> tuple[float, int]:
-    """``(duration_seconds, sample_rate)`` from the header only (no samples are decoded)."""
+class AudioHeader(NamedTuple):
+    """What a file's header says: duration in seconds, sample rate, channels (more than 1 is averaged to mono)."""
+
+    duration: float
+    sample_rate: int
+    channels: int
+
+
+def audio_header(path: str | Path) -> AudioHeader:
+    """The file's :class:`AudioHeader`, read from the header only (no samples are decoded)."""
     path = Path(path)
     try:
         info = sf.info(str(path))
     except Exception as err:  # libsndfile raises LibsndfileError / RuntimeError / TypeError variants
         raise _open_error(path, err) from err
-    return info.frames / info.samplerate, int(info.samplerate)
+    return AudioHeader(info.frames / info.samplerate, int(info.samplerate), int(info.channels))
+
+
+def audio_info(path: str | Path) -> tuple[float, int]:
+    """``(duration_seconds, sample_rate)`` from the header only (no samples are decoded)."""
+    header = audio_header(path)
+    return header.duration, header.sample_rate
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, resample: bool = True) -> torch.Tensor:
     """Mono float32 waveform ``[samples]`` at ``sample_rate``.
 
-    Multi-channel audio is averaged to mono. A file at another rate is resampled
+    Multi-channel audio (stereo) is averaged to mono: the recognizer reads one channel, and the
+    corpus check counts such files in its warning (:mod:`metaspeech.datamodules.validation`). A file at another rate is resampled
     (``resample=True``) or rejected, so features are never silently computed at
     the wrong rate.
     """

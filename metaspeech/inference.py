@@ -63,6 +63,8 @@ def find_recordings(source: str | Path, require_text: bool) -> list[Recording]:
         return [Recording(Path(r.audio_filepath), r.text) for r in read_manifest(source)]
     if source.is_file():
         return [Recording(source, _transcript_of(source))]
+    if not source.exists():
+        raise DataError(f"{source} does not exist: give an audio file, a folder of recordings or a .jsonl manifest")
     if not source.is_dir():
         raise DataError(f"{source} is neither an audio file, a folder of recordings nor a .jsonl manifest")
     audio = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
