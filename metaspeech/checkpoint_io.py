@@ -59,7 +59,7 @@ from torch import nn
 from metaspeech.config import instantiate
 from metaspeech.errors import ConfigError, MetaSpeechError
 from metaspeech.features import FeatureConfig
-from metaspeech.loggers import wandb_run_id
+from metaspeech.loggers import log_version, wandb_run_id
 from metaspeech.tokenizer import Tokenizer, tokenizer_from_dict
 
 TEMP_SUFFIX = ".tmp"
@@ -112,7 +112,9 @@ class MetaSpeechSection:
     ``model`` and ``algorithm`` (each ``class_path`` + ``init_args``), ``scope``, ``tokenizer``
     (``Tokenizer.to_dict``) and ``features`` (``FeatureConfig`` fields) rebuild the model without
     unpickling code. ``skipped_steps`` and ``rng_seed`` make a resumed run repeat the
-    uninterrupted one; ``wandb_run_id`` lets ``test --ckpt_path`` log into the fit's W&B run.
+    uninterrupted one; ``wandb_run_id`` lets ``test --ckpt_path`` log into the fit's W&B run;
+    ``log_version`` (the first logger's version) lets ``fit --ckpt_path`` continue in the same log
+    folder, where Lightning's ``ModelCheckpoint`` finds its best-so-far score again.
     """
 
     model: dict[str, Any]
@@ -123,6 +125,7 @@ class MetaSpeechSection:
     skipped_steps: int = 0
     rng_seed: int | None = None
     wandb_run_id: str | None = None
+    log_version: int | str | None = None
 
     def write_into(self, checkpoint: dict[str, Any]) -> None:
         """Store this section in a checkpoint dictionary (``on_save_checkpoint``)."""
@@ -167,6 +170,7 @@ def save_module_section(module: Any, checkpoint: dict[str, Any]) -> None:
         model=module.model.init_config, algorithm=module.algorithm.init_config, scope=list(module.scope),
         tokenizer=tokenizer.to_dict() if tokenizer is not None else None, features=dict(vars(features)),
         skipped_steps=module.skipped_steps, rng_seed=module.rng_seed, wandb_run_id=wandb_run_id(module.loggers),
+        log_version=log_version(module.loggers),
     ).write_into(checkpoint)
 
 

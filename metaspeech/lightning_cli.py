@@ -10,6 +10,7 @@ how the console script (:mod:`metaspeech.cli`) and the experiment runner
 from __future__ import annotations
 
 import argparse
+import inspect
 import signal
 import sys
 from contextlib import contextmanager
@@ -158,6 +159,8 @@ class MetaSpeechCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand in FROM_CHECKPOINT and config.get("ckpt_path"):
             self._rebuild_from_checkpoint(config, str(config.ckpt_path))
+        if self.subcommand == "fit" and self._checkpoint_section is not None:
+            _continue_logging(config, self._checkpoint_section)
 
     def _rebuild_from_checkpoint(self, config: Namespace, path: str) -> None:
         """Take the model's construction record from the checkpoint; refuse command-line overrides that contradict it."""
@@ -231,6 +234,32 @@ def _user_facing_cause(err: BaseException) -> MetaSpeechError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def _continue_logging(config: Namespace, section: MetaSpeechSection) -> None:
+    """A resumed fit logs into the W&B run or log version of the checkpoint's fit (unless the config names one).
+
+    Why: ``ModelCheckpoint``'s default folder is inside the logger's version folder, and it reloads its
+    best-so-far score (``best_model_score``) only when the folder is unchanged; in a new ``version_N`` the
+    resumed run would pick its "best" checkpoint among its own steps only.
+    """
+    logger = config.trainer.get("logger")
+    if not isinstance(logger, Namespace) or section.log_version is None:
+        return
+    if str(logger.get("class_path", "")).endswith("WandbLogger"):
+        _resume_wandb_run(config, section.wandb_run_id)
+        return
+    init_args = logger.get("init_args") or Namespace()
+    if "version" in _parameter_names(str(logger.get("class_path", ""))) and init_args.get("version") is None:
+        init_args.version = section.log_version
+        logger.init_args = init_args
+
+
+def _parameter_names(class_path: str) -> set[str]:
+    try:
+        return set(inspect.signature(import_class(class_path)).parameters)
+    except (MetaSpeechError, ValueError, TypeError):
+        return set()
 
 
 def _resume_wandb_run(config: Namespace, run_id: str | None) -> None:

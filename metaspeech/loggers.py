@@ -74,6 +74,13 @@ def wandb_run_id(loggers: Iterable[Logger]) -> str | None:
     return next((str(logger.version) for logger in loggers if isinstance(logger, _LightningWandbLogger)), None)
 
 
+def log_version(loggers: Iterable[Logger]) -> int | str | None:
+    """The version (log folder) of the first of ``loggers``: a checkpoint records it, so a resumed fit logs there too."""
+    first = next(iter(loggers), None)
+    version = first.version if first is not None else None
+    return version if isinstance(version, (int, str)) else None
+
+
 # ---------------------------------------------------------------- test report
 AudioSource = Callable[[str], "np.ndarray | None"]
 

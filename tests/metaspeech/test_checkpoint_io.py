@@ -24,7 +24,7 @@ def test_the_module_hooks_round_trip_the_section(tiny_module) -> None:
     checkpoint: dict = {}
     saved.on_save_checkpoint(checkpoint)
     assert set(checkpoint[SECTION]) == {"model", "algorithm", "scope", "tokenizer", "features", "skipped_steps",
-                                        "rng_seed", "wandb_run_id"}
+                                        "rng_seed", "wandb_run_id", "log_version"}
     section = MetaSpeechSection.of(checkpoint)
     assert section.model == saved.model.init_config and section.scope == saved.scope
     assert section.feature_config() == FeatureConfig(hop_ms=20.0)
