@@ -41,6 +41,7 @@ instead removes and re-creates a symlink, which is not).
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import secrets
@@ -233,7 +234,8 @@ def save_atomically(obj: Any, path: str | Path, fsync: bool = True) -> Path:
     ``os.replace`` is an atomic rename), is flushed and ``fsync``\\ ed, then renamed over
     ``path``; the folder is ``fsync``\\ ed so the rename survives a power loss. On any error
     the temporary file is removed and ``path`` is untouched. A process killed mid-write
-    leaves only a hidden ``.<name>.*.tmp`` file behind, never a damaged ``path``. If
+    leaves only a hidden ``.<name>.*.tmp`` file behind, never a damaged ``path``; the next save of
+    ``path`` removes it (:func:`remove_abandoned_temporaries`). If
     ``path`` is a symlink, the link is replaced, not the file it points to.
     """
     path = Path(path)
@@ -254,7 +256,37 @@ def save_atomically(obj: Any, path: str | Path, fsync: bool = True) -> Path:
         raise
     if fsync:
         _fsync_directory(path.parent)
+    remove_abandoned_temporaries(path)
     return path
+
+
+def remove_abandoned_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files of ``path`` left by writers that were killed mid-save; returns them.
+
+    A temporary name carries its writer's process id (:func:`temporary_name`); a file whose writer
+    no longer runs on this machine can never be completed, so it only takes disk space.
+    """
+    path = Path(path)
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
+        writer = candidate.name[len(path.name) + 2:].split("-", 1)[0]
+        if writer.isdigit() and not _process_runs(int(writer)):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else (or the platform cannot tell): leave its file alone
+        return True
+    return True
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -376,6 +376,8 @@ def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path)
     assert len(partial) == 1 and partial[0].stat().st_size > 1 << 20, "the kill did not land in the middle of the write"
     with pytest.raises(Exception):
         torch.load(partial[0], weights_only=True)
+    save_atomically({"global_step": 3}, path)  # the next save removes what the killed one left
+    assert _temp_files(path.parent) == [] and _load(path)["global_step"] == 3
 
 
 def test_atomic_checkpoint_io_replaces_only_lightnings_default() -> None:
