@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,7 +148,7 @@ def test_bad_audio_in_raise_mode_is_a_one_line_error_naming_the_file(corpus_root
     assert_one_line_error(result, "DataValidationError", str(broken), "on_bad_input")
     debug = run("fit", *manifest_corpus(tmp_path, corpus_root, one_broken), "--config", str(REPO / "configs/maml.yaml"),
                 *TINY, *QUIET, "--data.init_args.on_bad_input=raise", "--trainer.fast_dev_run=true", "--debug")
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
 def test_a_manifest_row_without_speaker_is_a_one_line_error_in_skip_mode(corpus_root, tmp_path) -> None:
@@ -183,3 +185,171 @@ def test_demo_side_by_side_from_the_console_script(corpus_root, feature_cache, t
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes side by side" in result.stdout and "fomaml WER %" in result.stdout
     assert (tmp_path / "joint" / "seed0" / "log.txt").is_file() and (tmp_path / "comparison.json").is_file()
+
+
+# ------------------------------------------------------------------ reliability at the edges (docs/reliability.md)
+def bad_checkpoints(folder: Path) -> dict[str, Path]:
+    """A checkpoint of random bytes, one that would run code when unpickled, and a missing one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corrupt, hostile = folder / "corrupt.ckpt", folder / "hostile.ckpt"
+    corrupt.write_bytes(bytes(range(256)) * 8)
+    hostile.write_bytes(HOSTILE_PICKLE)
+    return {"corrupt": corrupt, "hostile": hostile, "missing": folder / "missing.ckpt"}
+
+
+# pickle protocol 2 of {"state_dict": os.system("touch pwned")}: loading it with weights_only=False runs the command
+HOSTILE_PICKLE = b"\x80\x02}q\x00X\n\x00\x00\x00state_dictq\x01cposix\nsystem\nq\x02X\x0b\x00\x00\x00touch pwnedq\x03\x85q\x04Rq\x05s."
+WHAT_IT_IS_NOT = {"corrupt": "is not a PyTorch checkpoint", "hostile": "holds pickled Python objects (posix.system)",
+                  "missing": "does not exist"}
+
+
+def assert_refused_checkpoint(result: subprocess.CompletedProcess, kind: str, path: Path) -> None:
+    assert_one_line_error(result, "CheckpointError", str(path), WHAT_IT_IS_NOT[kind], "pass the .ckpt written by `metaspeech fit`")
+    assert "Re-running" not in result.stderr and "weights_only set to False" not in result.stderr
+
+
+@pytest.mark.parametrize("command, kind", [("fit", "corrupt"), ("fit", "hostile"), ("fit", "missing"), ("test", "corrupt"),
+                                           ("test", "hostile"), ("validate", "corrupt"), ("predict", "hostile")])
+def test_a_bad_ckpt_path_is_one_line_before_lightning_reads_it(command, kind, corpus_root, feature_cache, tmp_path) -> None:
+    path = bad_checkpoints(tmp_path)[kind]
+    result = run(command, *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), *TINY, *QUIET,
+                 f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={path}", cwd=tmp_path)
+    assert_refused_checkpoint(result, kind, path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "hostile"])
+def test_adapt_and_transcribe_say_what_a_bad_checkpoint_is_not(kind, fitted, tmp_path) -> None:
+    path = bad_checkpoints(tmp_path)[kind]
+    adapt = run("adapt", "--checkpoint", str(path), "--data", str(tmp_path), "--output", str(tmp_path / "a.pt"), cwd=tmp_path)
+    assert_refused_checkpoint(adapt, kind, path)
+    transcribe = run("transcribe", "--checkpoint", str(fitted[1]), "--adaptation", str(path), str(tmp_path), cwd=tmp_path)
+    assert_one_line_error(transcribe, "CheckpointError", "speaker adaptation", WHAT_IT_IS_NOT[kind], "`metaspeech adapt`")
+    assert "Re-running" not in transcribe.stderr and not (tmp_path / "pwned").exists()
+
+
+def test_transcribe_says_when_the_audio_path_does_not_exist(fitted, tmp_path) -> None:
+    result = run("transcribe", "--checkpoint", str(fitted[1]), str(tmp_path / "nowhere.wav"))
+    assert_one_line_error(result, "DataError", str(tmp_path / "nowhere.wav"), "does not exist")
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--model.algorithm.init_args.inner_stpes=3"], "model.algorithm.init_args.inner_stpes=3 is not an option of "
+                                                    "metaspeech.algorithms.FOMAML; did you mean inner_steps?"),
+    (["--trainer.max_step=3"], "unknown option --trainer.max_step=3; did you mean --trainer.max_steps?"),
+    (["--model.algorithm=metaspeech.algorithms.MAMLL"], "model.algorithm=metaspeech.algorithms.MAMLL: no such class; "
+                                                        "did you mean metaspeech.algorithms.MAML?"),
+    (["--data=Embeddedcorpus"], "did you mean metaspeech.datamodules.EmbeddedCorpus?"),
+    (["--model.algorithm.init_args.inner_lr=nan"], "model.algorithm.init_args.inner_lr=nan is not a valid value: expected a number"),
+    (["--model.algorithm.init_args.inner_lr=.nan"], "model.algorithm.init_args.inner_lr=nan: must be a finite number > 0"),
+    (["--model.algorithm.init_args.inner_lr=-0.1"], "model.algorithm.init_args.inner_lr=-0.1: must be a finite number > 0"),
+    (["--model.algorithm.init_args.inner_steps=-1"], "model.algorithm.init_args.inner_steps=-1: must be an integer >= 0"),
+    (["--model.lr=0"], "model.lr=0.0: must be a finite number > 0"),
+    (["--data.init_args.k_shot=50"], "k_shot=50 + q_query=3: only 0 speaker(s) have at least k_shot+q_query=53 utterances"),
+])
+def test_a_configuration_error_names_the_key_its_value_and_the_closest_valid_one(arguments, expected, corpus_root, feature_cache,
+                                                                                 tmp_path) -> None:
+    result = run("fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), *TINY, *QUIET,
+                 f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1", *arguments)
+    assert_one_line_error(result, "ConfigError", expected)
+    assert "usage:" not in result.stderr
+
+
+def test_a_typo_in_a_yaml_key_is_suggested_within_the_first_two_lines(corpus_root, feature_cache, tmp_path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  algorithm:\n    init_args:\n      inner_stpes: 3\n")
+    result = run("fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), "--config", str(config),
+                 *QUIET, f"--trainer.default_root_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "did you mean inner_steps?" in "\n".join(result.stderr.splitlines()[:2]), result.stderr[-3000:]
+    assert "usage:" not in result.stderr
+    assert "usage:" in run("fit", "--help").stdout
+
+
+def test_debug_keeps_the_exit_status_and_shows_the_traceback(corpus_root, feature_cache, tmp_path) -> None:
+    result = run("fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), *QUIET,
+                 "--model.lr=-1", "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr and "model.lr=-1.0" in result.stderr.splitlines()[-1]
+
+
+def test_raise_stops_on_a_training_speaker_with_too_few_utterances(corpus_root, tmp_path) -> None:
+    def short_speaker(rows):
+        spk003 = [row for row in rows if row["speaker"] == "spk003"]
+        return [row for row in rows if row["speaker"] != "spk003"] + spk003[:2]
+
+    data = manifest_corpus(tmp_path, corpus_root, short_speaker)
+    result = run("fit", *data, "--config", str(REPO / "configs/fomaml.yaml"), *TINY, *QUIET, "--data.init_args.on_bad_input=raise",
+                 "--trainer.fast_dev_run=true")
+    assert_one_line_error(result, "DataError", "speaker 'spk003' has 2 utterances but k_shot+q_query needs 6", "on_bad_input=skip")
+    skipped = run("fit", *data, "--config", str(REPO / "configs/fomaml.yaml"), *TINY, *QUIET, "--trainer.fast_dev_run=true")
+    assert skipped.returncode == 0 and "speaker 'spk003' has 2 utterances" in skipped.stderr
+
+
+def test_a_stereo_recording_is_averaged_to_mono_and_counted_in_the_warning(corpus_root, tmp_path) -> None:
+    import soundfile as sf
+
+    def one_stereo(rows):
+        wave, rate = sf.read(rows[0]["audio_filepath"])
+        rows[0]["audio_filepath"] = str(tmp_path / "stereo.wav")
+        sf.write(rows[0]["audio_filepath"], [[x, x] for x in wave], rate)
+        return rows
+
+    result = run("fit", *manifest_corpus(tmp_path, corpus_root, one_stereo), "--config", str(REPO / "configs/fomaml.yaml"), *TINY,
+                 *QUIET, "--data.init_args.on_bad_input=raise", "--trainer.fast_dev_run=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"averaging 1 multi-channel utterance(s) to mono (e.g. {tmp_path / 'stereo.wav'})" in result.stderr
+
+
+def torch_load(path: Path) -> dict:
+    from metaspeech.checkpoint_io import load_checkpoint_file
+
+    return load_checkpoint_file(path)
+
+
+def checkpoint_every_step(path: Path, checkpoints: Path | None, logger: Path | None = None) -> Path:
+    """A config: last.ckpt every step in ``checkpoints`` (None: the logger's folder) [and a CSVLogger in ``logger``]."""
+    folder = f"dirpath: '{checkpoints}', " if checkpoints is not None else ""
+    lines = ["trainer:", "  callbacks:", "    - class_path: metaspeech.checkpoint_io.ModelCheckpoint",
+             f"      init_args: {{{folder}save_last: true, every_n_train_steps: 1}}"]
+    if logger is not None:
+        lines += ["  logger:", "    class_path: lightning.pytorch.loggers.CSVLogger", f"    init_args: {{save_dir: '{logger}'}}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_a_running_fit_with_a_nonzero_status_and_keeps_last_ckpt(signum, status, corpus_root, feature_cache,
+                                                                                tmp_path) -> None:
+    last = tmp_path / "ckpt" / "last.ckpt"
+    command = [str(METASPEECH), "fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"),
+               "--config", str(checkpoint_every_step(tmp_path / "every_step.yaml", last.parent)), *TINY, *QUIET,
+               f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=100000", "--trainer.limit_val_batches=0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "WANDB_MODE": "disabled"})
+    try:
+        deadline = time.monotonic() + 300
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        process.send_signal(signum)
+        stderr = process.communicate(timeout=300)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == status, stderr[-3000:]
+    assert f"metaspeech fit: stopped by {signum.name} after" in stderr and "Traceback" not in stderr
+    assert torch_load(last)["global_step"] >= 1
+
+
+def test_a_resumed_fit_logs_into_the_same_version(corpus_root, feature_cache, tmp_path) -> None:
+    """Checkpoints in the logger's version folder (ModelCheckpoint's default): the resumed fit must find them there."""
+    config = checkpoint_every_step(tmp_path / "csv.yaml", None, logger=tmp_path / "logs")
+    fit = ["fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), "--config", str(config), *TINY,
+           "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}"]
+    assert run(*fit, "--trainer.max_steps=2").returncode == 0
+    version = tmp_path / "logs" / "lightning_logs" / "version_0"
+    resumed = run(*fit, "--trainer.max_steps=3", f"--ckpt_path={version / 'checkpoints' / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [p.name for p in version.parent.iterdir()] == ["version_0"]
+    assert "dirpath has changed" not in resumed.stderr  # Lightning's warning that best_model_score is not reloaded
+    assert torch_load(version / "checkpoints" / "last.ckpt")["global_step"] == 3
