@@ -38,9 +38,9 @@ LIGHTNING_SUBCOMMANDS = {
     "predict": "adapt to and transcribe the held-out speakers",
 }
 FROM_CHECKPOINT = ("validate", "test", "predict")
+"""Subcommands that evaluate a trained model: with ``--ckpt_path`` the model is rebuilt from the checkpoint."""
 LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
 """``--ckpt_path`` values that Lightning resolves itself (a checkpoint callback's file, SLURM's)."""
-"""Subcommands that evaluate a trained model: with ``--ckpt_path`` the model is rebuilt from the checkpoint."""
 
 
 class RunInterrupted(Exception):
