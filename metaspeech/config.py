@@ -52,14 +52,17 @@ def instantiate(config: dict[str, Any]) -> Any:
 
 
 def check_positive(key: str, value: float | Iterable[float] | None, fix: str = "") -> None:
-    """Refuse a learning rate (or list of them) that is not a finite number > 0, naming the config ``key``.
+    """Refuse a learning rate that is not a finite number > 0, naming the config ``key``.
 
     Why at construction: a negative or NaN rate trains silently to nothing, or skips every step.
+    A list (per-step rates) may hold zeros, a step that does not move, but not only zeros.
     None (unset) passes.
     """
-    for item in _values(value):
-        if not (isinstance(item, (int, float)) and math.isfinite(item) and item > 0):
-            raise ConfigError(f"{key}={_shown(value)}: must be a finite number > 0{'; ' + fix if fix else ''}")
+    values = _values(value)
+    finite = all(isinstance(item, (int, float)) and math.isfinite(item) and item >= 0 for item in values)
+    if values and not (finite and any(item > 0 for item in values)):
+        rule = "must be finite numbers >= 0, not all 0" if isinstance(value, (list, tuple)) else "must be a finite number > 0"
+        raise ConfigError(f"{key}={_shown(value)}: {rule}{'; ' + fix if fix else ''}")
 
 
 def check_at_least(key: str, value: int | Iterable[int] | None, minimum: int) -> None:

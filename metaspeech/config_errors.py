@@ -40,11 +40,11 @@ def readable_config_error(message: str, command_line: list[str], options: Iterab
         return _unknown_class(key, missing_class.group(1))
     if class_paths and re.search(r"No module named|has no attribute", message):
         return _unknown_class(key, class_paths[-1])
-    given = re.search(r"Given value: (.*)$", message, re.MULTILINE)
+    given = re.search(r"(?:Given value|Got value): (.*)$", message, re.MULTILINE)
     expected = re.findall(r"Expected a <class '([\w.]+)'>", message)
     if given and expected:
         return f"{key}={given.group(1)} is not a valid value: expected {' or '.join(_type_name(t) for t in expected)}"
-    last = [line.strip(" -") for line in message.splitlines() if line.strip()]
+    last = [re.sub(r'^Parser key "[^"]+":\s*', "", line.strip(" -")) for line in message.splitlines() if line.strip()]
     return f"{key}: {last[-1]}" if key and last else message.replace("\n", " ")
 
 
