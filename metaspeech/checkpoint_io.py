@@ -85,7 +85,9 @@ def load_checkpoint_file(
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist; {hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle of another protocol: refused below, the warning adds nothing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch raises many types for bad files
         raise CheckpointError(f"cannot read {what} {path}: {_why_unreadable(path, err)}; {hint}") from None
 
