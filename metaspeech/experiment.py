@@ -150,6 +150,8 @@ def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str,
                 "median_speaker_relative_reduction": statistics.mean(c.median_speaker_relative_reduction for c in conditions),
                 "oracle_wer": statistics.mean(c.oracle_wer for c in conditions),
                 "gap_closed": statistics.mean(c.gap_closed for c in conditions),
+                "accent_oracle_wer": statistics.mean(c.accent_oracle_wer for c in conditions),
+                "beats_oracle": any(c.beats_oracle for c in conditions),
                 "adaptation_seconds": statistics.mean(c.adaptation_seconds for c in conditions),
                 "speakers": conditions[0].speakers,
                 "seeds": len(conditions),
@@ -250,6 +252,9 @@ def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
     oracles = [statistics.mean(r["oracle_wer"] for r in rows if r["algorithm"] == a) for a in algorithms]
     if any(o == o for o in oracles):
         lines.append("| oracle | | " + " | ".join("-" if o != o else f"{100 * o:.1f}" for o in oracles) + " |")
+    accents = [statistics.mean(r.get("accent_oracle_wer", float("nan")) for r in rows if r["algorithm"] == a) for a in algorithms]
+    if any(o == o for o in accents):
+        lines.append("| accent oracle | | " + " | ".join("-" if o != o else f"{100 * o:.1f}" for o in accents) + " |")
     return "\n".join(lines)
 
 
@@ -260,7 +265,8 @@ def _cell(row: dict[str, Any]) -> str:
                f"{100 * row['speakers_worse']:.0f} % worse"]
     if gap == gap and row["steps"] > 0:
         details.append(f"{100 * gap:.0f} % of gap")
-    return f"{100 * row['wer']:.1f}{spread} ({'; '.join(details)})"
+    mark = " **(below the oracle)**" if row.get("beats_oracle") else ""
+    return f"{100 * row['wer']:.1f}{spread} ({'; '.join(details)}){mark}"
 
 
 def markdown_report(rows: list[dict[str, Any]]) -> str:

@@ -47,7 +47,7 @@ def test_the_oracle_fine_tunes_copies_early_stops_and_picks_a_scope(tiny_data, t
     assert item.oracle is not None and item.oracle.examples_per_task == 8
     module = tiny_module(FOMAML()).eval()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
-    oracle = SpeakerOracle(scopes=["head", "all"], max_steps=30, lr=3e-3, eval_every=5)
+    oracle = SpeakerOracle(scopes=["head", "all"], max_steps=30, learning_rates=[3e-3], eval_every=5)
     fit = oracle.fit(module.model, module.learner.loss, item.oracle)
     assert fit.scope in ("head", "all") and fit.training_utterances == 6  # 2 of 8 held out for early stopping
     assert fit.steps > 0 and fit.steps % 5 == 0
@@ -88,7 +88,7 @@ def test_patience_stops_an_over_fitting_scope_early_and_keeps_the_same_best(tiny
     fits, checks = {}, {}
     for patience in (None, 2, 100):  # lr 3.0: the held-out loss blows up and never recovers
         _CountingOracle.checks = 0
-        oracle = _CountingOracle(scopes=["all"], max_steps=30, lr=3.0, eval_every=2, patience=patience)
+        oracle = _CountingOracle(scopes=["all"], max_steps=30, learning_rates=[3.0], eval_every=2, patience=patience)
         fits[patience], checks[patience] = oracle.fit(module.model, module.learner.loss, pool), _CountingOracle.checks
     assert checks[None] == checks[100] == 16  # step 0 and every 2nd of 30 steps
     assert checks[2] == fits[None].steps // 2 + 1 + 2  # up to the best check, then two checks without gain
