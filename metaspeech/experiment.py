@@ -24,8 +24,14 @@ QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
     "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
 ]
-"""Overrides for comparison runs: no per-run logging, checkpoints or meta-validation (the test is the result).
+"""Overrides for comparison runs: no per-run logging, periodic checkpoints or meta-validation (the test is the result;
+each run still leaves its final model, ``FINAL_CHECKPOINT``).
 The progress bar stays: every phase shows outer steps (or held-out speakers) done, the total and the time left."""
+
+
+FINAL_CHECKPOINT = "final.ckpt"
+"""Every run leaves its trained model at ``<output>/<algorithm>/seed<N>/final.ckpt`` (written atomically, before the
+test), which ``metaspeech adapt`` and ``metaspeech transcribe`` read."""
 
 
 def _cli(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]):
@@ -53,13 +59,15 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
 
 
 def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport:
-    """fit + test one configuration (with ``callbacks`` added to its Trainer); returns its evaluation report."""
+    """fit + test one configuration (with ``callbacks`` added to its Trainer); returns its evaluation report.
+    The trained model is saved at ``run.root / FINAL_CHECKPOINT`` in between."""
     cli = _cli(run.algorithm_config, run.data_config, run.trainer_config, run.root, run.seed, list(run.overrides))
     cli.trainer.callbacks.extend(callbacks)
     name = Path(run.algorithm_config).stem
     print(f"{name}: meta-training, seed {run.seed}", flush=True)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.save_checkpoint(run.root / FINAL_CHECKPOINT)  # through the CLI's atomic checkpoint IO
     cli.model.protocol_settings["budget"] = {"outer_steps": cli.trainer.global_step,
                                              "train_seconds": round(time.perf_counter() - start, 1)}
     print(f"{name}: adaptation protocol on the held-out speakers", flush=True)

@@ -228,8 +228,8 @@ class MetaSpeechModule(L.LightningModule):
                 self.test_steps, self.adapter.guard, scale, self._sum_over_ranks)
             self.use_test_time(selection.test_time)
             self.protocol_settings["test_time_selection"] = selection.describe()
-            self.print(f"test-time adaptation chosen on {selection.speakers} meta-val speakers: "
-                       f"{selection.test_time.describe()}, best at s = {selection.steps}")
+            self.print(f"test-time adaptation {selection.test_time.describe()}, best at s = {selection.steps}: "
+                       f"chosen on meta-val speakers ({selection.speakers})")
         self.protocol_settings["test_time"] = self.test_time.describe()
         data = self.trainer.datamodule
         if getattr(data, "oracle_pool_size", 0):
