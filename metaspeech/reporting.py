@@ -107,6 +107,9 @@ class AdaptationReportWriter(Callback):
                 pl_module.log(f"test/gap_closed_k{c.shots}_s{c.steps}", c.gap_closed, rank_zero_only=True)
         if oracle:
             pl_module.log("test/oracle_wer", report.conditions()[0].oracle_wer, rank_zero_only=True)
+        if accent_oracle:  # over the speakers that have accent mates
+            wer = sum(r.word_errors for r in accent_oracle) / max(sum(r.words for r in accent_oracle), 1)
+            pl_module.log("test/accent_oracle_wer", wer, rank_zero_only=True)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report: AdaptationReport | None = pl_module.last_report
