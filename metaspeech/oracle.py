@@ -159,7 +159,8 @@ class SpeakerOracle:
 
     def fit_accent(self, model: StagedModel, loss: TaskLoss, pool: TaskBatch, others: list[TaskBatch]) -> OracleFit:
         """The accent oracle: fine-tune on the oracle pools ``others`` of the target's accent mates and the training
-        part of the target's ``pool``, early-stopped on the target's held-out pool utterances."""
+        part of the target's ``pool``, early-stopped on the target's held-out pool utterances, with the setting chosen on
+        meta-val (without one: the first grid point, as a grid search over ~100 utterances per speaker is too slow)."""
         train, dev = self._split(pool)
         merged = train
         for other in others:
