@@ -28,7 +28,7 @@ and :class:`~metaspeech.batch.TaskBatch` objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.distributed as dist
@@ -114,6 +114,10 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
             number instead of ``inner_steps``. ``None``: all steps.
     """
 
+    learns_inner_lr: ClassVar[bool] = False
+    """True for a plugin whose ``step_size`` is meta-learned (Meta-SGD): test-time selection then keeps its rates
+    instead of searching a learning rate. A hand-written ``step_size`` (a schedule) leaves it False, and is searched."""
+
     def __init__(
         self,
         inner_steps: int = 5,
@@ -157,7 +161,8 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         return self.inner_lr[-1] if isinstance(self.inner_lr, list) else self.inner_lr
 
     def adapt(self, learner: Learner, support: TaskBatch | PreparedTasks, loop: InnerLoop | None = None) -> Adaptation:
-        """The inner loop: ``loop.steps`` SGD steps on the support loss of every task at once.
+        """The inner loop: ``loop.steps`` steps (``loop.update``: SGD unless the loop asks for Adam) on the support
+        loss of every task at once.
 
         ``loop`` defaults to :meth:`inner_loop`. With ``loop.create_graph=False`` inner gradients
         are constants, so the fast weights still depend on the initialization with an identity
@@ -171,16 +176,14 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         fast = self.initial_weights(learner, prepared)
         adaptation = Adaptation(fast=fast)
         adaptation.keep(0, loop)
+        optimizer_state = None
         for step in range(loop.steps):
             step_graph = loop.create_graph and step >= first_second_order_step
             losses = learner.losses(fast, prepared, create_graph=step_graph)
             grads = loop.gradients(losses, fast, step, create_graph=step_graph)
             adaptation.inner_losses.append(losses.detach())
             adaptation.inner_grad_norms.append(_per_task_norm(grads, prepared.num_tasks))
-            fast = {
-                name: w if g is None else w - self.step_size(step, name) * g
-                for (name, w), g in zip(fast.items(), grads)
-            }
+            fast, optimizer_state = loop.update(fast, grads, step, self.step_size, optimizer_state)
             adaptation.fast = fast
             adaptation.keep(step + 1, loop)
         return adaptation

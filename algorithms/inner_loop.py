@@ -1,4 +1,4 @@
-"""How one inner loop runs, passed in as an argument: its steps, second order, and the fp16 loss scale.
+"""How one inner loop runs, passed in as an argument: its steps, second order, the fp16 loss scale and its update rule.
 
 Why an argument and not plugin state: the loss scale belongs to the run (the Trainer's
 GradScaler at this outer step), not to the algorithm. An :class:`InnerLoop` is handed to
@@ -6,11 +6,17 @@ every inner loop (``MetaAlgorithm.adapt``) and ``outer_loss`` receives the scale
 nothing is set on the plugin behind its back. The loop's gradients come from
 :meth:`InnerLoop.gradients`, which scales and unscales them and checks them; a plugin
 that overrides ``adapt`` takes its gradients there too and keeps fp16 working.
+
+The update rule (:meth:`InnerLoop.update`) is SGD by default, the rule every meta-learner trains
+with. Test-time adaptation may ask for Adam instead (``optimizer="adam"``), in the same functional
+style: its moments are explicit tensors ``[T, ...]`` next to the fast weights, so task t's slice
+only ever sees task t's gradients.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -50,12 +56,21 @@ class InnerLoop:
         record: step counts (0 to ``steps``) after which the loop keeps a detached copy of the fast
             weights in ``Adaptation.trajectory``: one 20-step run then also gives the weights after
             1, 5 and 10 steps, which is how the test protocol reads every s of a k at once.
+        optimizer: ``sgd`` (``w - lr * g``) or ``adam`` (Kingma & Ba, bias-corrected, betas 0.9/0.999).
+        lr: the learning rate of every step and weight; None: the plugin's own ``step_size``
+            (learned or scheduled). Test-time adaptation sets it to the rate chosen on meta-val.
     """
 
     steps: int
     create_graph: bool = False
     loss_scale: float = 1.0
     record: tuple[int, ...] = ()
+    optimizer: str = "sgd"
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner optimizer must be one of {INNER_OPTIMIZERS}, got {self.optimizer!r}")
 
     def at_scale(self, loss_scale: float) -> "InnerLoop":
         """This loop with another loss scale (the fp16 retry after an overflow)."""
@@ -84,3 +99,43 @@ class InnerLoop:
         if present and not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):
             raise InnerGradientOverflowError(step, scale)
         return grads
+
+    def update(
+        self, fast: FastWeights, grads: list[Tensor | None], step: int, step_size: Callable[[int, str], float | Tensor],
+        state: "AdamState | None" = None,
+    ) -> tuple[FastWeights, "AdamState | None"]:
+        """One inner step: new fast weights ``[T, ...]`` from ``grads`` (in ``fast``'s order), and the optimizer state.
+
+        ``step_size(step, name)`` is the plugin's learning rate, used unless the loop sets ``lr``. SGD keeps no
+        state; Adam starts from ``state=None`` and returns its moments for the next step. A weight without a
+        gradient (``None``) stays as it is.
+        """
+        rate = step_size if self.lr is None else (lambda _step, _name: self.lr)
+        if self.optimizer == "sgd":
+            return {name: w if g is None else w - rate(step, name) * g for (name, w), g in zip(fast.items(), grads)}, None
+        state = state if state is not None else AdamState()
+        updated = {}
+        for (name, w), g in zip(fast.items(), grads):
+            updated[name] = w if g is None else w - rate(step, name) * state.direction(name, g, step + 1)
+        return updated, state
+
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class AdamState:
+    """Adam's moments, one ``[T, ...]`` tensor per fast weight: task t's slice holds task t's running averages."""
+
+    first: dict[str, Tensor] = field(default_factory=dict)
+    second: dict[str, Tensor] = field(default_factory=dict)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def direction(self, name: str, grad: Tensor, count: int) -> Tensor:
+        """The bias-corrected step direction ``m_hat / (sqrt(v_hat) + eps)`` after the ``count``-th gradient of ``name``."""
+        b1, b2 = self.betas
+        first = self.first.get(name, torch.zeros_like(grad)) * b1 + (1 - b1) * grad
+        second = self.second.get(name, torch.zeros_like(grad)) * b2 + (1 - b2) * grad * grad
+        self.first[name], self.second[name] = first, second
+        return (first / (1 - b1**count)) / ((second / (1 - b2**count)).sqrt() + self.eps)

@@ -17,6 +17,8 @@ class MetaSGD(MetaAlgorithm):
     fast weights depend on it directly.
     """
 
+    learns_inner_lr = True
+
     def __init__(
         self,
         inner_steps: int = 5,

@@ -22,21 +22,27 @@ from metaspeech.learner import FastWeights, Learner, PreparedTasks
 from metaspeech.loss_scaling import retry_at_smaller_scales
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.oracle import OracleFit, SpeakerOracle
+from metaspeech.test_time import TestTimeAdaptation
 from metaspeech.tokenizer import Tokenizer
 
 
 class FewShotAdapter:
-    """Adapt ``learner``'s scope with ``algorithm``'s inner loop, first order, and decode with ``recognizer``.
+    """Adapt a scope with ``algorithm``'s inner loop, first order, and decode with ``recognizer``.
 
     Args:
         recognizer: the model the learner wraps; it brings the decoder.
-        learner: the functional view of ``recognizer`` whose adaptation scope is adapted.
-        algorithm: the plugin whose ``adapt`` hook is the inner loop.
+        learner: the functional view of ``recognizer`` with the training scope.
+        algorithm: the plugin whose ``inner_loop`` and ``adapt`` hooks make the inner loop.
         guard: ``none`` or ``cross_validation`` (:mod:`~metaspeech.adaptation_guard`).
+        test_time: the scope, inner optimizer and learning rate of test-time adaptation (default: the training
+            scope, SGD at the plugin's own rate). ``self.learner`` is the learner of that scope.
     """
 
-    def __init__(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, guard: str = "none") -> None:
-        self.recognizer, self.learner, self.algorithm = recognizer, learner, algorithm
+    def __init__(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, guard: str = "none",
+                 test_time: TestTimeAdaptation | None = None) -> None:
+        self.recognizer, self.algorithm = recognizer, algorithm
+        self.test_time = test_time if test_time is not None else TestTimeAdaptation()
+        self.learner = self.test_time.learner(learner, algorithm)
         self.guard = check_guard(guard)
 
     def adapt(self, support: TaskBatch, steps: int, loss_scale: float = 1.0) -> FastWeights:
@@ -70,9 +76,10 @@ class FewShotAdapter:
         with torch.enable_grad():
             with torch.no_grad():
                 prepared = self.learner.prepare(support)
-            trajectory = self._run(prepared, InnerLoop(max(counts), create_graph=False, record=tuple(counts)), loss_scale)
+            loop = self.test_time.loop(self.algorithm, max(counts), tuple(counts))
+            trajectory = self._run(prepared, loop, loss_scale)
             for missing in [s for s in counts if s not in trajectory]:  # an adapt override that does not record
-                trajectory[missing] = self._run(prepared, InnerLoop(missing, create_graph=False), loss_scale)[missing]
+                trajectory[missing] = self._run(prepared, self.test_time.loop(self.algorithm, missing, ()), loss_scale)[missing]
         return {s: trajectory[s] for s in counts}
 
     def _run(self, prepared: PreparedTasks, loop: InnerLoop, loss_scale: float) -> dict[int, FastWeights]:
@@ -109,4 +116,11 @@ class FewShotAdapter:
         """Transcripts ``[B]`` of ``evaluation`` by the recognizer fine-tuned on one speaker's large ``pool``
         (:mod:`~metaspeech.oracle`: every candidate scope, early-stopped), and that fit."""
         fit = oracle.fit(self.recognizer, self.recognizer.loss, pool)
+        return self.transcribe(evaluation, tokenizer, fit.fast, fit.learner)[0], fit
+
+    def accent_oracle(self, oracle: SpeakerOracle, pool: TaskBatch, others: list[TaskBatch], evaluation: TaskBatch,
+                      tokenizer: Tokenizer) -> tuple[list[str], OracleFit]:
+        """Transcripts ``[B]`` of ``evaluation`` by the recognizer fine-tuned on the oracle pools of the speaker's
+        accent mates ``others`` and its own ``pool`` (:meth:`SpeakerOracle.fit_accent`), and that fit."""
+        fit = oracle.fit_accent(self.recognizer, self.recognizer.loss, pool, others)
         return self.transcribe(evaluation, tokenizer, fit.fast, fit.learner)[0], fit

@@ -76,6 +76,8 @@ class ConditionResult:
     adaptation_seconds: float
     oracle_wer: float = float("nan")
     gap_closed: float = float("nan")
+    accent_oracle_wer: float = float("nan")
+    beats_oracle: bool = False  # an adapted cell below the speaker oracle: the oracle is no ceiling there
 
 
 SEEN_SPEAKERS = "seen speaker, new sentences"
@@ -89,7 +91,8 @@ class AdaptationReport:
     ``groups[task]`` an optional group label (e.g. ``"unseen accent"``) reported separately.
     ``oracle`` holds the speaker oracle's records (:mod:`metaspeech.oracle`): with them every
     condition also reports the oracle WER of its speakers and the share of the gap closed,
-    ``(WER at s=0 - WER) / (WER at s=0 - oracle WER)``.
+    ``(WER at s=0 - WER) / (WER at s=0 - oracle WER)``. ``accent_oracle`` holds the accent oracle's records
+    (fine-tuned on the speaker's accent mates too); each condition reports its WER where every speaker has one.
     """
 
     def __init__(
@@ -99,10 +102,12 @@ class AdaptationReport:
         groups: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
         oracle: Iterable[UtteranceRecord] = (),
+        accent_oracle: Iterable[UtteranceRecord] = (),
     ):
         self.settings = dict(settings or {})  # protocol choices, e.g. the inner learning rate chosen on meta-val
         self.records = list(records)
         self.oracle = list(oracle)
+        self.accent_oracle = list(accent_oracle)
         self.adaptation_seconds = adaptation_seconds or {}
         self.groups = {task: group for task, group in (groups or {}).items() if any(r.task == task for r in self.records)}
 
@@ -111,7 +116,8 @@ class AdaptationReport:
         """A report from the JSON that :meth:`write` produced (records and task groups)."""
         data = json.loads(Path(json_path).read_text())
         return cls([UtteranceRecord(**r) for r in data["records"]], groups=data.get("task_groups"), settings=data.get("settings"),
-                   oracle=[UtteranceRecord(**r) for r in data.get("oracle_records", [])])
+                   oracle=[UtteranceRecord(**r) for r in data.get("oracle_records", [])],
+                   accent_oracle=[UtteranceRecord(**r) for r in data.get("accent_oracle_records", [])])
 
     def group_names(self) -> list[str]:
         return sorted(set(self.groups.values()))
@@ -120,7 +126,8 @@ class AdaptationReport:
         """The report restricted to the tasks labelled ``group``."""
         tasks = {task for task, g in self.groups.items() if g == group}
         return AdaptationReport([r for r in self.records if r.task in tasks], self.adaptation_seconds,
-                                oracle=[r for r in self.oracle if r.task in tasks])
+                                oracle=[r for r in self.oracle if r.task in tasks],
+                                accent_oracle=[r for r in self.accent_oracle if r.task in tasks])
 
     def conditions(self) -> list[ConditionResult]:
         """One result per (k, s) over the held-out speakers (the seen-speaker group is only in its subset)."""
@@ -143,6 +150,7 @@ class AdaptationReport:
         tasks = sorted(per_speaker)
         seconds = [self.adaptation_seconds.get((task, shots), 0.0) for task in tasks]
         oracle_wer = self._oracle_wer(set(tasks))
+        accent_oracle_wer = _complete_rate(self.accent_oracle, set(tasks))
         return ConditionResult(
             shots=shots,
             steps=steps,
@@ -157,14 +165,13 @@ class AdaptationReport:
             adaptation_seconds=statistics.mean(seconds) if seconds else 0.0,
             oracle_wer=oracle_wer,
             gap_closed=(base_wer - wer) / (base_wer - oracle_wer) if base_wer > oracle_wer else float("nan"),
+            accent_oracle_wer=accent_oracle_wer,
+            beats_oracle=steps > 0 and wer < oracle_wer,
         )
 
     def _oracle_wer(self, tasks: set[str]) -> float:
         """Corpus WER of the speaker oracle over ``tasks``; NaN unless every one of them has an oracle."""
-        rows = [r for r in self.oracle if r.task in tasks]
-        if not tasks or {r.task for r in rows} != tasks:
-            return float("nan")
-        return _rate(rows, "word_errors", "words")
+        return _complete_rate(self.oracle, tasks)
 
     def to_rows(self) -> list[dict[str, Any]]:
         return [asdict(c) for c in self.conditions()]
@@ -177,10 +184,12 @@ class AdaptationReport:
                 rows.append({"group": name, "condition": f"k={c.shots} s={c.steps}", "wer": c.wer,
                              "relative_wer_reduction": c.relative_wer_reduction, "speakers_worse": c.speakers_worse,
                              "gap_closed": c.gap_closed, "speakers": c.speakers})
-            if part.oracle:
-                rows.append({"group": name, "condition": "oracle", "wer": _rate(part.oracle, "word_errors", "words"),
-                             "relative_wer_reduction": float("nan"), "speakers_worse": float("nan"),
-                             "gap_closed": 1.0, "speakers": len({r.task for r in part.oracle})})
+            for condition, oracle in (("oracle", part.oracle), ("accent oracle", part.accent_oracle)):
+                if oracle:
+                    rows.append({"group": name, "condition": condition, "wer": _rate(oracle, "word_errors", "words"),
+                                 "relative_wer_reduction": float("nan"), "speakers_worse": float("nan"),
+                                 "gap_closed": 1.0 if condition == "oracle" else float("nan"),
+                                 "speakers": len({r.task for r in oracle})})
         return rows
 
     def speaker_rows(self) -> list[dict[str, Any]]:
@@ -226,7 +235,8 @@ class AdaptationReport:
         json_path.write_text(json.dumps(
             {"conditions": rows, "groups": by_group, "decomposition": self.decomposition_rows(),
              "task_groups": self.groups, "settings": self.settings,
-             "records": [asdict(r) for r in self.records], "oracle_records": [asdict(r) for r in self.oracle]},
+             "records": [asdict(r) for r in self.records], "oracle_records": [asdict(r) for r in self.oracle],
+             "accent_oracle_records": [asdict(r) for r in self.accent_oracle]},
             indent=2,
         ))
         with csv_path.open("w", newline="") as handle:
@@ -256,6 +266,14 @@ class AdaptationReport:
             console.print(table)
             if self.oracle:
                 console.print(self._oracle_line())
+            if self.accent_oracle:
+                console.print(f"Accent oracle (fine-tuned on the speaker's accent mates and its own pool, "
+                              f"{len({r.task for r in self.accent_oracle})} speakers): "
+                              f"WER {100 * _rate(self.accent_oracle, 'word_errors', 'words'):.1f} %")
+            beaten = [c for c in self.conditions() if c.beats_oracle]
+            if beaten:
+                console.print("! Few-shot cells below the speaker oracle (the oracle is no ceiling there): "
+                              + ", ".join(f"k={c.shots} s={c.steps}" for c in beaten))
             if self.group_names():
                 console.print(self._group_table())
         return capture.get()
@@ -283,6 +301,10 @@ class AdaptationReport:
         if self.oracle:
             parts = {n: self.subset(n).oracle for n in names}
             table.add_row("oracle", "", *(f"{100 * _rate(parts[n], 'word_errors', 'words'):.1f}" if parts[n] else "-" for n in names))
+        if self.accent_oracle:
+            parts = {n: self.subset(n).accent_oracle for n in names}
+            table.add_row("accent oracle", "", *(f"{100 * _rate(parts[n], 'word_errors', 'words'):.1f}" if parts[n] else "-"
+                                                   for n in names))
         return table
 
 
@@ -294,6 +316,14 @@ def _median_relative_reduction(per_speaker: dict[str, float], baseline: dict[str
     """Median over speakers of (WER at s = 0 - WER) / WER at s = 0; speakers with a perfect start count 0."""
     reductions = [(baseline[t] - wer) / baseline[t] if baseline[t] > 0 else 0.0 for t, wer in per_speaker.items() if t in baseline]
     return statistics.median(reductions) if reductions else 0.0
+
+
+def _complete_rate(rows: list[UtteranceRecord], tasks: set[str]) -> float:
+    """Corpus WER of ``rows`` over ``tasks``; NaN unless every one of ``tasks`` has rows."""
+    rows = [r for r in rows if r.task in tasks]
+    if not tasks or {r.task for r in rows} != tasks:
+        return float("nan")
+    return _rate(rows, "word_errors", "words")
 
 
 def _rate(rows: list[UtteranceRecord], errors: str, total: str) -> float:

@@ -24,8 +24,14 @@ QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
     "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
 ]
-"""Overrides for comparison runs: no per-run logging, checkpoints or meta-validation (the test is the result).
+"""Overrides for comparison runs: no per-run logging, periodic checkpoints or meta-validation (the test is the result;
+each run still leaves its final model, ``FINAL_CHECKPOINT``).
 The progress bar stays: every phase shows outer steps (or held-out speakers) done, the total and the time left."""
+
+
+FINAL_CHECKPOINT = "final.ckpt"
+"""Every run leaves its trained model at ``<output>/<algorithm>/seed<N>/final.ckpt`` (written atomically, before the
+test), which ``metaspeech adapt`` and ``metaspeech transcribe`` read."""
 
 
 def _cli(algorithm_config: str, data_config: str, trainer_config: str, root: Path, seed: int, overrides: list[str]):
@@ -53,13 +59,15 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
 
 
 def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport:
-    """fit + test one configuration (with ``callbacks`` added to its Trainer); returns its evaluation report."""
+    """fit + test one configuration (with ``callbacks`` added to its Trainer); returns its evaluation report.
+    The trained model is saved at ``run.root / FINAL_CHECKPOINT`` in between."""
     cli = _cli(run.algorithm_config, run.data_config, run.trainer_config, run.root, run.seed, list(run.overrides))
     cli.trainer.callbacks.extend(callbacks)
     name = Path(run.algorithm_config).stem
     print(f"{name}: meta-training, seed {run.seed}", flush=True)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.save_checkpoint(run.root / FINAL_CHECKPOINT)  # through the CLI's atomic checkpoint IO
     cli.model.protocol_settings["budget"] = {"outer_steps": cli.trainer.global_step,
                                              "train_seconds": round(time.perf_counter() - start, 1)}
     print(f"{name}: adaptation protocol on the held-out speakers", flush=True)
@@ -150,6 +158,8 @@ def summarize(results: dict[str, dict[int, AdaptationReport]]) -> list[dict[str,
                 "median_speaker_relative_reduction": statistics.mean(c.median_speaker_relative_reduction for c in conditions),
                 "oracle_wer": statistics.mean(c.oracle_wer for c in conditions),
                 "gap_closed": statistics.mean(c.gap_closed for c in conditions),
+                "accent_oracle_wer": statistics.mean(c.accent_oracle_wer for c in conditions),
+                "beats_oracle": any(c.beats_oracle for c in conditions),
                 "adaptation_seconds": statistics.mean(c.adaptation_seconds for c in conditions),
                 "speakers": conditions[0].speakers,
                 "seeds": len(conditions),
@@ -250,6 +260,9 @@ def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
     oracles = [statistics.mean(r["oracle_wer"] for r in rows if r["algorithm"] == a) for a in algorithms]
     if any(o == o for o in oracles):
         lines.append("| oracle | | " + " | ".join("-" if o != o else f"{100 * o:.1f}" for o in oracles) + " |")
+    accents = [statistics.mean(r.get("accent_oracle_wer", float("nan")) for r in rows if r["algorithm"] == a) for a in algorithms]
+    if any(o == o for o in accents):
+        lines.append("| accent oracle | | " + " | ".join("-" if o != o else f"{100 * o:.1f}" for o in accents) + " |")
     return "\n".join(lines)
 
 
@@ -260,7 +273,8 @@ def _cell(row: dict[str, Any]) -> str:
                f"{100 * row['speakers_worse']:.0f} % worse"]
     if gap == gap and row["steps"] > 0:
         details.append(f"{100 * gap:.0f} % of gap")
-    return f"{100 * row['wer']:.1f}{spread} ({'; '.join(details)})"
+    mark = " **(below the oracle)**" if row.get("beats_oracle") else ""
+    return f"{100 * row['wer']:.1f}{spread} ({'; '.join(details)}){mark}"
 
 
 def markdown_report(rows: list[dict[str, Any]]) -> str:

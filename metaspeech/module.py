@@ -10,7 +10,7 @@ and ``transcribe`` are the test-time API (:mod:`~metaspeech.adapter`); the test 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterable, Iterator
 
 import lightning as L
 import torch
@@ -23,18 +23,20 @@ from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
-from metaspeech.evaluation import AdaptationReport
+from metaspeech.evaluation import AdaptationReport, word_errors
 from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_size, check_finite_gradients, gradient_norm
 from metaspeech.models.recognizer import Recognizer
-from metaspeech.oracle import SpeakerOracle
-from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
+from metaspeech.oracle import OracleFit, SpeakerOracle
+from metaspeech.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
 from metaspeech.randomness import seeded_rng
-from metaspeech.reporting import AdaptationReportWriter, TaskScores
+from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_objects
 from metaspeech.schedule import check_decay, lr_factor
+from metaspeech.selection import TestTimeSelection
+from metaspeech.test_time import TestTimeAdaptation
 from metaspeech.tokenizer import Tokenizer
 
 
@@ -61,6 +63,12 @@ class MetaSpeechModule(L.LightningModule):
             meta-gradient, one optimizer step). None: all at once.
         oracle: the test report's speaker oracle (:class:`~metaspeech.oracle.SpeakerOracle`), run on every
             test speaker with an oracle pool (``data.init_args.oracle_pool_size``); None: default settings.
+        test_time: how test-time adaptation runs (:class:`~metaspeech.test_time.TestTimeAdaptation`: scope,
+            inner optimizer, learning rate); None: the training scope, SGD at the plugin's own rate.
+        test_time_selection: search test-time settings on meta-val speakers before the test
+            (:class:`~metaspeech.selection.TestTimeSelection`); the choice replaces ``test_time``.
+        freeze_body: meta-train only the adaptation machinery: the adapted scope's init and the plugin's
+            meta-parameters (learned rates, a hypernetwork). Every other recognizer weight stays as loaded.
     """
 
     def __init__(
@@ -69,7 +77,8 @@ class MetaSpeechModule(L.LightningModule):
         max_grad_norm: float | None = 5.0, val_shots: int = 5, val_steps: int = 5, test_shots: list[int] | None = None,
         test_steps: list[int] | None = None, results_dir: str | None = None, init_from: str | None = None,
         augmentation: EpisodeAugmentation | None = None, adaptation_guard: str = "none", tasks_per_chunk: int | None = None,
-        oracle: SpeakerOracle | None = None,
+        oracle: SpeakerOracle | None = None, test_time: TestTimeAdaptation | None = None,
+        test_time_selection: TestTimeSelection | None = None, freeze_body: bool = False,
     ) -> None:
         super().__init__()
         check_decay(lr_decay)
@@ -84,7 +93,8 @@ class MetaSpeechModule(L.LightningModule):
         # Evaluation and output settings are not model hyperparameters: a checkpoint must not
         # override them when a user tests it with other shots, steps or an output folder.
         self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir",
-                                          "init_from", "augmentation", "adaptation_guard", "oracle"])
+                                          "init_from", "augmentation", "adaptation_guard", "oracle",
+                                          "test_time", "test_time_selection"])
         self.automatic_optimization = False
         self.model, self.algorithm, self.augmentation = recognizer, algorithm, augmentation
         self.tasks_per_chunk, self.results_dir, self.init_from = tasks_per_chunk, results_dir, init_from
@@ -92,7 +102,9 @@ class MetaSpeechModule(L.LightningModule):
         self.scope = list(scope) if scope is not None else ["lin", "lhuc", "head"]
         self.learner = Learner(recognizer, recognizer.loss, self.scope)
         self.algorithm.setup(self.learner)
-        self.adapter = FewShotAdapter(recognizer, self.learner, algorithm, adaptation_guard)
+        self.test_time_selection = test_time_selection
+        self.use_test_time(test_time if test_time is not None else TestTimeAdaptation(), adaptation_guard)
+        self._accent_mates: dict[str, list[TaskBatch]] = {}  # test task -> oracle pools of its accent mates
         self.test_shots = list(test_shots) if test_shots is not None else [1, 5, 10]
         self.test_steps = sorted(set(test_steps if test_steps is not None else [0, 1, 5, 10]) | {0})
         self.tokenizer: Tokenizer | None = None
@@ -123,7 +135,10 @@ class MetaSpeechModule(L.LightningModule):
         return [kind() for kind in (AdaptationReportWriter, RunConfigLogger) if kind not in installed]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        trained = self.parameters()
+        if self.hparams.get("freeze_body"):  # the body is left out of the optimizer: it stays bit-identical
+            trained = [*self.algorithm.parameters(), *self.learner.init_weights().values()]
+        optimizer = torch.optim.AdamW(trained, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -180,6 +195,12 @@ class MetaSpeechModule(L.LightningModule):
         self.log("loss", post, prog_bar=True, logger=False, batch_size=batch.num_tasks)
 
     # ------------------------------------------- test-time adaptation (metaspeech.adapter)
+    def use_test_time(self, settings: TestTimeAdaptation, guard: str | None = None) -> None:
+        """Adapt with ``settings`` from now on (the one place test-time settings live: ``self.test_time``)."""
+        self.test_time = settings
+        guard = guard if guard is not None else self.adapter.guard
+        self.adapter = FewShotAdapter(self.model, self.learner, self.algorithm, guard, settings)
+
     def adapt(self, support: TaskBatch, steps: int) -> FastWeights:
         """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``."""
         return self.adapter.adapt(support, steps, loss_scale(grad_scaler(self._trainer)))
@@ -205,12 +226,54 @@ class MetaSpeechModule(L.LightningModule):
         for name, (value, weight) in scores.items():
             self.log(name, value, batch_size=weight, sync_dist=True)
 
+    def on_test_start(self) -> None:
+        """Before the test, on meta-val speakers only: choose test-time adaptation (``test_time_selection``) and,
+        where the test data has oracle pools, the oracle's (scope, lr); gather the accent oracle's pools."""
+        scale = loss_scale(grad_scaler(self._trainer))
+        if self.test_time_selection is not None:
+            selection = self.test_time_selection.select(
+                self.model, self.learner, self.algorithm, self.tokenizer, self._meta_val_tasks(), self.hparams.val_shots,
+                self.test_steps, self.adapter.guard, scale, self._sum_over_ranks)
+            self.use_test_time(selection.test_time)
+            self.protocol_settings["test_time_selection"] = selection.describe()
+            self.print(f"test-time adaptation {selection.test_time.describe()}, best at s = {selection.steps}: "
+                       f"chosen on meta-val speakers ({selection.speakers})")
+        self.protocol_settings["test_time"] = self.test_time.describe()
+        data = self.trainer.datamodule
+        if getattr(data, "oracle_pool_size", 0):
+            chosen = self.oracle.choose(self.model, self.model.loss, ((i.pool, i.evaluation) for i in self._meta_val_tasks()),
+                                        self._oracle_errors, self._sum_over_ranks)
+            if chosen is not None:
+                self.print(f"speaker oracle: scope {chosen.name}, Adam lr {chosen.lr:g}, chosen on meta-val speakers")
+            if self.oracle.accent and hasattr(data, "task_accents"):
+                self._accent_mates = self._accent_pools(data.task_accents("test"), data.test_dataloader())
+
+    def _meta_val_tasks(self) -> Iterator[EvaluationBatch]:
+        for item in self.trainer.datamodule.val_dataloader():
+            yield self.transfer_batch_to_device(item, self.device, 0)
+
+    def _sum_over_ranks(self, counts: list[float]) -> list[float]:
+        total = self.trainer.strategy.reduce(torch.tensor(counts, dtype=torch.float64, device=self.device), reduce_op="sum")
+        return total.tolist()
+
+    def _oracle_errors(self, fit: OracleFit, evaluation: TaskBatch) -> tuple[int, int]:
+        return word_errors(evaluation.texts[0], self.transcribe(evaluation, fit.fast, fit.learner)[0])
+
+    def _accent_pools(self, accents: dict[str, str], loader: Iterable[EvaluationBatch]) -> dict[str, list[TaskBatch]]:
+        """For every test task, the oracle pools (never the evaluation sets) of the other test tasks of its accent."""
+        local = [(item.task, item.oracle) for item in loader if item.oracle is not None and item.task in accents]
+        pools = gather_objects(self.trainer, local)
+        return {task: [self.transfer_batch_to_device(pool, self.device, 0) for other, pool in pools
+                       if other != task and accents[other] == accents[task]] for task, _ in pools}
+
     def test_step(self, item: EvaluationBatch, batch_idx: int) -> TaskScores:
         """The k x s protocol on one held-out task; the report callback collects, gathers and reports the scores."""
         evaluator = AdaptationEvaluator(self.test_shots, self.test_steps, self.feature_config.frame_shift_seconds)
         records = evaluator.evaluate(item, self.adapt_along, self.transcribe)
         oracle, scopes = evaluate_oracle(item, partial(self.adapter.speaker_oracle, self.oracle, tokenizer=self.tokenizer))
-        return TaskScores(records, evaluator.seconds, oracle, scopes)
+        accent = evaluate_accent_oracle(item, self._accent_mates.get(item.task, []),
+                                        partial(self.adapter.accent_oracle, self.oracle, tokenizer=self.tokenizer))
+        return TaskScores(records, evaluator.seconds, oracle, scopes, accent)
 
     # ------------------------------------------------------------ checkpoints: the metaspeech section
     on_save_checkpoint = save_module_section

@@ -94,9 +94,10 @@ def run_side_by_side(runs: list[Run], workers: int) -> list[AdaptationReport]:
         _show(bars, tasks, events, timeout=0.0)
         reports = [_result(future, run) for future, run in zip(futures, runs)]
     for run, report in zip(runs, reports):
-        chosen = report.settings.get("inner_lr_selection", {}).get("eval_inner_lr")
-        lr = f"inner learning rate {chosen} chosen on meta-val speakers; " if chosen is not None else ""
-        print(f"{run.label}: {lr}output in {run.root / 'log.txt'}", flush=True)
+        chosen = report.settings.get("test_time_selection")
+        choice = (f"test-time adaptation {chosen['chosen']} (best at s = {chosen['steps']}) chosen on meta-val speakers; "
+                  if chosen else "")
+        print(f"{run.label}: {choice}output in {run.root / 'log.txt'}", flush=True)
     return reports
 
 

@@ -24,6 +24,8 @@ Transcribe = Callable[[TaskBatch, FastWeights], list[list[str]]]
 """``transcribe(batch, fast)`` -> hypotheses ``[T][B]``."""
 Oracle = Callable[[TaskBatch, TaskBatch], tuple[list[str], OracleFit]]
 """``oracle(oracle_pool, evaluation)`` -> (hypotheses ``[B]`` of the speaker-dependent model, its fit)."""
+AccentOracle = Callable[[TaskBatch, list[TaskBatch], TaskBatch], tuple[list[str], OracleFit]]
+"""``accent_oracle(oracle_pool, mates_pools, evaluation)`` -> (hypotheses ``[B]`` of the accent-dependent model, its fit)."""
 
 
 class AdaptationEvaluator:
@@ -72,6 +74,19 @@ def evaluate_oracle(item: EvaluationBatch, oracle: Oracle) -> tuple[list[Utteran
     return [score_utterance(item.task, shots, fit.steps, u, r, h) for u, r, h in zip(ids, references, hypotheses)], [fit.scope]
 
 
+def evaluate_accent_oracle(item: EvaluationBatch, mates: list[TaskBatch], oracle: AccentOracle) -> list[UtteranceRecord]:
+    """Records of ``item``'s evaluation set under the accent oracle, fine-tuned on the oracle pools ``mates`` of the
+    other held-out speakers of its accent and on its own; none without an oracle pool or accent mates.
+
+    ``shots`` is the number of utterances it trained on, ``steps`` the fine-tuning steps it chose.
+    """
+    if item.oracle is None or not mates:
+        return []
+    ids, references = _ids_and_references(item)
+    hypotheses, fit = oracle(item.oracle, mates, item.evaluation)
+    return [score_utterance(item.task, fit.training_utterances, fit.steps, u, r, h) for u, r, h in zip(ids, references, hypotheses)]
+
+
 def validation_scores(item: EvaluationBatch, shots: int, steps: int, adapt: Adapt, loss: Loss,
                       transcribe: Transcribe | None) -> dict[str, tuple[float, int]]:
     """One meta-val task before (``pre``) and after (``post``) ``steps`` inner steps on its first ``shots`` pool
@@ -82,9 +97,15 @@ def validation_scores(item: EvaluationBatch, shots: int, steps: int, adapt: Adap
         fast = adapt(support, count)
         scores[f"val/loss_{tag}"] = (float(loss(item.evaluation, fast).mean()), 1)
         if transcribe is not None:
-            errors, words = word_errors(item.evaluation.texts[0], transcribe(item.evaluation, fast)[0])
+            errors, words = evaluation_word_errors(item, fast, transcribe)
             scores[f"val/wer_{tag}"] = (errors / max(words, 1), words)
     return scores
+
+
+def evaluation_word_errors(item: EvaluationBatch, fast: FastWeights, transcribe: Transcribe) -> tuple[int, int]:
+    """``(word errors, reference words)`` of ``item``'s evaluation utterances decoded with ``fast`` weights ``[1, ...]``:
+    the one place a meta-val WER after adaptation is counted (meta-validation and test-time selection)."""
+    return word_errors(item.evaluation.texts[0], transcribe(item.evaluation, fast)[0])
 
 
 def _ids_and_references(item: EvaluationBatch) -> tuple[list[str], list[str]]:

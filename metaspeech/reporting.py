@@ -38,6 +38,7 @@ class TaskScores(NamedTuple):
     seconds: dict[tuple[str, int], float]
     oracle: Sequence[UtteranceRecord] = ()  # the speaker oracle's records of this task (none without an oracle pool)
     oracle_scopes: Sequence[str] = ()  # the scope the oracle chose for it
+    accent_oracle: Sequence[UtteranceRecord] = ()  # the accent oracle's records of this task (none without accent mates)
 
 
 def gather_objects(trainer: L.Trainer, items: list[T]) -> list[T]:
@@ -96,7 +97,8 @@ class AdaptationReportWriter(Callback):
         if oracle:
             scopes = Counter(gather_objects(trainer, [scope for s in self.scores for scope in s.oracle_scopes]))
             settings["oracle"] = {**pl_module.oracle.describe(), "chosen_scopes": dict(scopes)}
-        report = AdaptationReport(records, seconds, groups=groups, settings=settings, oracle=oracle)
+        accent_oracle = gather_objects(trainer, [r for s in self.scores for r in s.accent_oracle])
+        report = AdaptationReport(records, seconds, groups=groups, settings=settings, oracle=oracle, accent_oracle=accent_oracle)
         pl_module.last_report = report
         for c in report.conditions():
             pl_module.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)
@@ -105,6 +107,9 @@ class AdaptationReportWriter(Callback):
                 pl_module.log(f"test/gap_closed_k{c.shots}_s{c.steps}", c.gap_closed, rank_zero_only=True)
         if oracle:
             pl_module.log("test/oracle_wer", report.conditions()[0].oracle_wer, rank_zero_only=True)
+        if accent_oracle:  # over the speakers that have accent mates
+            wer = sum(r.word_errors for r in accent_oracle) / max(sum(r.words for r in accent_oracle), 1)
+            pl_module.log("test/accent_oracle_wer", wer, rank_zero_only=True)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report: AdaptationReport | None = pl_module.last_report

@@ -1,82 +1,118 @@
-"""Choose the test-time inner learning rate on meta-val speakers, never on test speakers.
+"""Choose test-time adaptation on meta-val speakers, never on test speakers.
 
-Why a Callback: the selection must happen after training and before the test protocol,
-with the trained weights, on the validation split only. :class:`InnerLearningRateSelection`
-runs at ``on_test_start``: for every candidate learning rate it adapts to each meta-val
-speaker (``val_shots`` utterances, ``val_steps`` steps), scores WER on that speaker's
-evaluation utterances, keeps the best candidate as the algorithm's ``eval_inner_lr`` and
-records the whole search in the test report.
+Why: the scope, inner optimizer, learning rate and step count of test-time adaptation decide how much
+of the speaker gap an algorithm can close, and choosing them on test speakers would flatter every number
+in the report. :class:`TestTimeSelection` adapts every meta-val speaker (``model.val_shots`` utterances)
+with every candidate :class:`~metaspeech.test_time.TestTimeAdaptation`, scores WER after each step count
+of one inner loop (all s read off one trajectory, as the test protocol does) and returns the best
+``(candidate, s)``. It changes nothing: the module asks for the choice before the test
+(``model.test_time_selection``) and keeps it as its ``test_time``; the report records the whole search.
 
-    trainer:
-      callbacks:
-        - class_path: metaspeech.selection.InnerLearningRateSelection
-          init_args: {learning_rates: [0.05, 0.1, 0.2, 0.5]}
+Joint training + fine-tuning gets exactly the same search as the meta-learners. A plugin that learns its
+inner learning rates (``learns_inner_lr``, Meta-SGD) keeps them and its training scope: only the steps are
+chosen. A plugin with other scope-bound meta-parameters (HyperInit) keeps its training scope.
+
+    model:
+      test_time_selection:
+        candidates:
+          - {optimizer: sgd, lr: 0.1}
+          - {scope: [all], optimizer: adam, lr: 0.0003}
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
-import lightning as L
-from lightning.pytorch.callbacks import Callback
-
+from metaspeech.adapter import FewShotAdapter
 from metaspeech.algorithms.base import MetaAlgorithm
 from metaspeech.batch import EvaluationBatch
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import word_errors
+from metaspeech.learner import Learner
+from metaspeech.models.recognizer import Recognizer
+from metaspeech.protocol import evaluation_word_errors
+from metaspeech.test_time import TestTimeAdaptation, scope_is_bound
+from metaspeech.tokenizer import Tokenizer
+
+DEFAULT_CANDIDATES = (TestTimeAdaptation(optimizer="sgd", lr=0.1), TestTimeAdaptation(optimizer="sgd", lr=0.3),
+                      TestTimeAdaptation(optimizer="adam", lr=3e-3))
 
 
-class InnerLearningRateSelection(Callback):
-    """Pick ``eval_inner_lr`` from ``learning_rates`` by meta-val WER at (val_shots, val_steps).
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of a search: the chosen settings and step count, and the meta-val WER of every (candidate, s)."""
 
-    Algorithms that learn their own inner learning rates (a ``step_size`` override, e.g.
-    Meta-SGD) are left as they are; the report says so.
+    test_time: TestTimeAdaptation
+    steps: int
+    shots: int
+    meta_val_wer: dict[str, dict[int, float]]
+    speakers: int
+
+    def describe(self) -> dict[str, Any]:
+        """Plain values for the report (``settings.test_time_selection``)."""
+        return {"chosen": self.test_time.describe(), "steps": self.steps, "shots": self.shots, "speakers": self.speakers,
+                "meta_val_wer": {name: {str(s): wer for s, wer in by_steps.items()} for name, by_steps in self.meta_val_wer.items()}}
+
+
+class TestTimeSelection:
+    """A small grid of test-time settings, searched on meta-val speakers.
+
+    Args:
+        candidates: the :class:`TestTimeAdaptation` settings to try (scope, optimizer, learning rate).
+        steps: the step counts to read off each candidate's inner loop (default: the test protocol's
+            ``model.test_steps``); s = 0, no adaptation, is always among them.
     """
 
-    def __init__(self, learning_rates: list[float]) -> None:
-        if not learning_rates or any(lr <= 0 for lr in learning_rates):
-            raise ConfigError(f"InnerLearningRateSelection.learning_rates must be positive numbers, got {learning_rates}")
-        self.learning_rates = [float(lr) for lr in learning_rates]
-        self.result: dict[str, Any] | None = None
+    __test__ = False  # not a pytest test class, despite the name
 
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        algorithm = pl_module.algorithm
-        if type(algorithm).step_size is not MetaAlgorithm.step_size:
-            self.result = {"eval_inner_lr": "learned by the algorithm", "meta_val_wer": {}}
-        else:
-            loader = trainer.datamodule.val_dataloader()
-            shots, steps = pl_module.hparams.val_shots, pl_module.hparams.val_steps
-            searched = {lr: meta_val_wer(pl_module, loader, shots, steps, inner_lr=lr) for lr in self.learning_rates}
-            best = min(searched, key=lambda lr: (searched[lr], lr))
-            algorithm.eval_inner_lr = best
-            self.result = {"eval_inner_lr": best, "shots": shots, "steps": steps,
-                           "meta_val_wer": {str(lr): wer for lr, wer in searched.items()}}
-            pl_module.print(f"inner learning rate {best} chosen on meta-val speakers (WER by candidate: {searched})")
-        pl_module.protocol_settings["inner_lr_selection"] = self.result
+    def __init__(self, candidates: list[TestTimeAdaptation] | None = None, steps: list[int] | None = None) -> None:
+        self.candidates = list(candidates) if candidates is not None else list(DEFAULT_CANDIDATES)
+        if not self.candidates:
+            raise ConfigError("model.test_time_selection.candidates is empty: give at least one test-time setting")
+        if steps is not None and any(s < 0 for s in steps):
+            raise ConfigError(f"model.test_time_selection.steps must be >= 0, got {steps}")
+        self.steps = steps
 
+    def candidates_for(self, algorithm: MetaAlgorithm) -> list[TestTimeAdaptation]:
+        """The candidates ``algorithm`` can run: its own learned rates only if it learns them; its training scope
+        only if its meta-parameters are tied to it."""
+        if algorithm.learns_inner_lr:
+            return [TestTimeAdaptation()]
+        usable = [c for c in self.candidates if c.scope is None or not scope_is_bound(algorithm)]
+        return usable or [TestTimeAdaptation(optimizer=c.optimizer, lr=c.lr) for c in self.candidates]
 
-def meta_val_wer(module: L.LightningModule, loader: Iterable[EvaluationBatch], shots: int, steps: int,
-                 inner_lr: float | None = None) -> float:
-    """Corpus WER over the tasks of ``loader`` after ``module.adapt`` on ``shots`` utterances for ``steps`` steps,
-    with ``inner_lr`` as the test-time inner learning rate (default: the algorithm's own).
+    def select(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, tokenizer: Tokenizer,
+               tasks: Iterable[EvaluationBatch], shots: int, steps: list[int], guard: str = "none",
+               loss_scale: float = 1.0, reduce: Callable[[list[float]], list[float]] = lambda counts: counts) -> Selection:
+        """Adapt every meta-val task in ``tasks`` on its first ``shots`` pool utterances with every candidate and
+        return the (candidate, s) of lowest corpus WER over them (ties: the earlier candidate, the fewer steps).
 
-    ``module`` is a :class:`~metaspeech.module.MetaSpeechModule`; its algorithm's learning rate and its
-    train/eval mode are restored afterwards.
-    """
-    algorithm = module.algorithm
-    saved, was_training = algorithm.eval_inner_lr, module.training
-    if inner_lr is not None:
-        algorithm.eval_inner_lr = inner_lr
-    module.eval()
-    errors = words = 0
-    try:
-        for item in loader:
-            item = module.transfer_batch_to_device(item, module.device, 0)
+        ``steps``: the test protocol's step counts (used unless the selection has its own). ``reduce`` sums the
+        flat error counts over DDP ranks, so every rank makes the same choice.
+        """
+        candidates = self.candidates_for(algorithm)
+        counts_of = sorted(set(self.steps if self.steps is not None else steps) | {0})
+        adapters = [FewShotAdapter(recognizer, learner, algorithm, guard, c) for c in candidates]
+        counts = [0.0] * (2 * len(candidates) * len(counts_of) + 1)  # (errors, words) per (candidate, s); speakers last
+        for item in tasks:
+            counts[-1] += 1
             support = item.pool.take(min(shots, item.pool.examples_per_task))
-            hypotheses = module.transcribe(item.evaluation, module.adapt(support, steps))[0]
-            task_errors, task_words = word_errors(item.evaluation.texts[0], hypotheses)
-            errors, words = errors + task_errors, words + task_words
-    finally:
-        algorithm.eval_inner_lr = saved
-        module.train(was_training)
-    return errors / max(words, 1)
+            for i, adapter in enumerate(adapters):
+                adapted = adapter.adapt_along(support, counts_of, loss_scale)
+                for j, s in enumerate(counts_of):
+                    errors, words = evaluation_word_errors(
+                        item, adapted[s], lambda batch, fast: adapter.transcribe(batch, tokenizer, fast))
+                    index = 2 * (i * len(counts_of) + j)
+                    counts[index] += errors
+                    counts[index + 1] += words
+        counts = reduce(counts)
+        wer = {(i, s): counts[2 * (i * len(counts_of) + j)] / max(counts[2 * (i * len(counts_of) + j) + 1], 1)
+               for i in range(len(candidates)) for j, s in enumerate(counts_of)}
+        best_i, best_s = min(wer, key=lambda key: (wer[key], key))
+        table = {_name(c): {s: wer[(i, s)] for s in counts_of} for i, c in enumerate(candidates)}
+        return Selection(candidates[best_i], best_s, shots, table, int(counts[-1]))
+
+
+def _name(candidate: TestTimeAdaptation) -> str:
+    described = candidate.describe()
+    return f"{described['scope']} / {described['optimizer']} / lr {described['lr']}"

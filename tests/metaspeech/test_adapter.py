@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from metaspeech.adapter import FewShotAdapter
-from metaspeech.algorithms import FOMAML, HyperInit, MetaSGD
+from metaspeech.algorithms import FOMAML, HyperInit, InnerLoop, MetaSGD
 from metaspeech.learner import Learner
 from metaspeech.models import BiLSTMCTC
 from metaspeech.oracle import SpeakerOracle
+from metaspeech.test_time import TestTimeAdaptation
 
 TINY = dict(vocab_size=29, input_dim=80, d_model=16, hidden_dim=12, num_layers=1, adapter_dim=4, dropout=0.0)
 
@@ -99,3 +102,58 @@ def test_the_guard_decides_per_step_count_along_the_way(adapter_and_data) -> Non
     for steps in (0, 3):
         alone = guarded.adapt(support, steps)
         assert all(torch.equal(along[steps][name], alone[name]) for name in alone)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClippedLoop(InnerLoop):
+    """A user's inner loop: every inner gradient clipped elementwise to [-1e-3, 1e-3]."""
+
+    def gradients(self, losses, fast, step=0, create_graph=None):
+        return [None if g is None else g.clamp(-1e-3, 1e-3) for g in super().gradients(losses, fast, step, create_graph)]
+
+
+class _OwnInnerLoop(FOMAML):
+    """A plugin whose ``inner_loop`` override decides how its loops run."""
+
+    def inner_loop(self, steps=None, loss_scale=1.0):
+        return _ClippedLoop(self.inner_steps if steps is None else steps, self.second_order, loss_scale)
+
+
+def test_a_plugins_inner_loop_override_reaches_test_time_adaptation(adapter_and_data) -> None:
+    adapter, data = adapter_and_data
+    algorithm = _OwnInnerLoop(inner_steps=1, inner_lr=0.5)
+    algorithm.setup(adapter.learner)
+    support = next(iter(data.train_dataloader())).support
+    along = FewShotAdapter(adapter.recognizer, adapter.learner, algorithm).adapt_along(support, [0, 3])
+    moved = max(float((along[3][name] - along[0][name]).abs().max()) for name in along[3])
+    assert 0 < moved <= 3 * 0.5 * 1e-3 * 1.001  # three steps of lr 0.5 times a clipped gradient, at most
+    plain = FewShotAdapter(adapter.recognizer, adapter.learner, adapter.algorithm).adapt(support, 3)
+    assert max(float((plain[name] - along[0][name]).abs().max()) for name in plain) > moved
+
+
+@pytest.mark.parametrize("settings", [TestTimeAdaptation(optimizer="adam", lr=3e-3),
+                                      TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3),
+                                      TestTimeAdaptation(scope=["all"], optimizer="sgd", lr=0.05)],
+                         ids=["adam", "adam-all", "sgd-all"])
+def test_test_time_settings_lower_the_support_loss_and_read_along_the_way(adapter_and_data, settings) -> None:
+    adapter, data = adapter_and_data
+    tuned = FewShotAdapter(adapter.recognizer, adapter.learner, adapter.algorithm, test_time=settings)
+    assert set(tuned.learner.adapted_names) == set(Learner(adapter.recognizer, adapter.recognizer.loss, settings.scope
+                                                           or ["lin", "lhuc", "head"]).adapted_names)
+    support = next(iter(data.train_dataloader())).support
+    along = tuned.adapt_along(support, [0, 2, 5])
+    assert (tuned.loss(support, along[5]) < tuned.loss(support, along[0])).all()
+    alone = tuned.adapt(support, 2)
+    assert all(torch.equal(along[2][name], alone[name]) for name in alone)
+
+
+def test_adam_steps_follow_the_bias_corrected_rule_per_task() -> None:
+    loop = InnerLoop(2, optimizer="adam", lr=0.1)
+    fast = {"w": torch.zeros(2, 3)}
+    grads = [torch.tensor([[1.0, -2.0, 0.0], [4.0, 0.5, -1.0]])]
+    first, state = loop.update(fast, grads, 0, step_size=lambda step, name: 99.0)
+    torch.testing.assert_close(first["w"], -0.1 * grads[0] / (grads[0].abs() + 1e-8))  # step 1: lr * sign(g)
+    second, _ = loop.update(first, [torch.zeros(2, 3)], 1, lambda step, name: 99.0, state)
+    m = 0.9 * 0.1 * grads[0] / (1 - 0.9**2)
+    v = 0.999 * 0.001 * grads[0] ** 2 / (1 - 0.999**2)
+    torch.testing.assert_close(second["w"], first["w"] - 0.1 * m / (v.sqrt() + 1e-8))

@@ -172,6 +172,19 @@ def test_adapt_errors_exit_2(tmp_path) -> None:
     assert_one_line_error(result, "CheckpointError", "none.ckpt")
 
 
+def _held_out_speaker(corpus_root: Path, folder: Path) -> Path:
+    """Three recordings + transcripts (x.wav + x.txt) of one meta-test speaker of the tiny corpus, in ``folder``."""
+    from metaspeech.manifest import read_manifest
+
+    rows = [r for r in read_manifest(next(corpus_root.glob("tiny-seed0/manifest.jsonl"))) if r.labels["split"] == "test"]
+    folder.mkdir(parents=True)
+    for row in [r for r in rows if r.speaker == rows[0].speaker][:3]:
+        target = folder / Path(row.audio_filepath).name
+        target.write_bytes(Path(row.audio_filepath).read_bytes())
+        target.with_suffix(".txt").write_text(row.text)
+    return folder
+
+
 def test_demo_side_by_side_from_the_console_script(corpus_root, feature_cache, tmp_path) -> None:
     """``metaspeech demo --workers 2`` spawns its workers from the console script itself and exits 0;
     ``--workers 0``, and an argument a worker's Lightning CLI refuses, are one-line errors with exit status 2."""
@@ -185,6 +198,15 @@ def test_demo_side_by_side_from_the_console_script(corpus_root, feature_cache, t
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes side by side" in result.stdout and "fomaml WER %" in result.stdout
     assert (tmp_path / "joint" / "seed0" / "log.txt").is_file() and (tmp_path / "comparison.json").is_file()
+    speaker = _held_out_speaker(corpus_root, tmp_path / "speaker")
+    for algorithm in ("fomaml", "joint"):  # the demo leaves both trained models, ready to adapt and transcribe with
+        checkpoint = tmp_path / algorithm / "seed0" / "final.ckpt"
+        adapted = run("adapt", "--checkpoint", str(checkpoint), "--data", str(speaker), "--output", str(tmp_path / f"{algorithm}.pt"),
+                      "--steps", "2")
+        assert adapted.returncode == 0 and "saved" in adapted.stdout, adapted.stderr[-3000:]
+        wav = str(next(speaker.glob("*.wav")))
+        heard = run("transcribe", "--checkpoint", str(checkpoint), "--adaptation", str(tmp_path / f"{algorithm}.pt"), wav)
+        assert heard.returncode == 0 and heard.stdout.startswith(wav + "\t"), heard.stderr[-3000:]
 
 
 # ------------------------------------------------------------------ reliability at the edges (docs/reliability.md)

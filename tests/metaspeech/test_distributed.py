@@ -24,6 +24,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from metaspeech.algorithms import FOMAML, MAML, MetaAlgorithm, Reptile
+from metaspeech.oracle import SpeakerOracle
+from metaspeech.selection import TestTimeSelection
+from metaspeech.test_time import TestTimeAdaptation
 
 TASKS_PER_RANK = 2
 STEPS = 3
@@ -232,7 +235,8 @@ class _TestReport(Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         report = pl_module.last_report
         torch.save({"local": self.local, "records": [vars(r) for r in report.records], "rows": report.to_rows(),
-                    "seconds": dict(report.adaptation_seconds), "groups": dict(report.groups)},
+                    "seconds": dict(report.adaptation_seconds), "groups": dict(report.groups),
+                    "choices": {key: report.settings[key] for key in ("test_time_selection", "oracle")}},
                    Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
@@ -252,9 +256,13 @@ def test_the_test_report_gathers_every_ranks_speakers_and_equals_one_process(tin
         monkeypatch.delenv("MASTER_PORT", raising=False)
         out = tmp_path / f"devices{devices}"
         out.mkdir()
-        data = tiny_data()
+        data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
         data.setup("test")
-        model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 1], results_dir=str(out))
+        # the choices made on meta-val before the test (test-time settings, the oracle's setting) sum every rank's counts
+        selection = TestTimeSelection([TestTimeAdaptation(lr=5e4), TestTimeAdaptation(lr=0.5)])
+        oracle = SpeakerOracle(scopes=["head"], learning_rates=[1e-3, 3e-2], max_steps=4, eval_every=2, search_speakers=None)
+        model = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 1], results_dir=str(out),
+                            test_time_selection=selection, oracle=oracle)
         strategy = {"strategy": "ddp_fork"} if devices > 1 else {}
         tiny_trainer(devices=devices, callbacks=[_TestReport(out)], **strategy).test(model, datamodule=data, verbose=False)
         reports[devices] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(devices)]
@@ -268,6 +276,7 @@ def test_the_test_report_gathers_every_ranks_speakers_and_equals_one_process(tin
         # rows compared as JSON: a condition without an oracle holds NaN (oracle_wer, gap_closed), and NaN != NaN
         assert json.dumps(rank["rows"], sort_keys=True) == json.dumps(single["rows"], sort_keys=True)
         assert rank["seconds"] == single["seconds"] and rank["groups"] == single["groups"]
+        assert json.dumps(rank["choices"], sort_keys=True) == json.dumps(single["choices"], sort_keys=True)
 
 @pytest.mark.slow
 def test_metaspeech_fit_with_ddp_on_two_cpu_processes(tiny_cli_args, tmp_path: Path) -> None:

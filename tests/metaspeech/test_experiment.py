@@ -137,7 +137,7 @@ def test_demo_side_by_side_gives_the_numbers_of_the_runs_one_after_the_other(cor
     assert "fomaml seed 0, joint seed 0: 2 processes side by side, 1 thread(s) each" in printed
     assert "fomaml WER %" in printed and "joint WER %" in printed
     assert "joint seed 0: test protocol (held-out speakers)" in printed  # the workers' progress reached the parent
-    assert "fomaml seed 0: inner learning rate" in printed
+    assert "fomaml seed 0: test-time adaptation" in printed
 
     def numbers(folder):
         rows = json.loads((tmp_path / folder / "comparison.json").read_text())["rows"]

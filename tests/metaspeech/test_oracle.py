@@ -47,7 +47,7 @@ def test_the_oracle_fine_tunes_copies_early_stops_and_picks_a_scope(tiny_data, t
     assert item.oracle is not None and item.oracle.examples_per_task == 8
     module = tiny_module(FOMAML()).eval()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
-    oracle = SpeakerOracle(scopes=["head", "all"], max_steps=30, lr=3e-3, eval_every=5)
+    oracle = SpeakerOracle(scopes=["head", "all"], max_steps=30, learning_rates=[3e-3], eval_every=5)
     fit = oracle.fit(module.model, module.learner.loss, item.oracle)
     assert fit.scope in ("head", "all") and fit.training_utterances == 6  # 2 of 8 held out for early stopping
     assert fit.steps > 0 and fit.steps % 5 == 0
@@ -88,7 +88,7 @@ def test_patience_stops_an_over_fitting_scope_early_and_keeps_the_same_best(tiny
     fits, checks = {}, {}
     for patience in (None, 2, 100):  # lr 3.0: the held-out loss blows up and never recovers
         _CountingOracle.checks = 0
-        oracle = _CountingOracle(scopes=["all"], max_steps=30, lr=3.0, eval_every=2, patience=patience)
+        oracle = _CountingOracle(scopes=["all"], max_steps=30, learning_rates=[3.0], eval_every=2, patience=patience)
         fits[patience], checks[patience] = oracle.fit(module.model, module.learner.loss, pool), _CountingOracle.checks
     assert checks[None] == checks[100] == 16  # step 0 and every 2nd of 30 steps
     assert checks[2] == fits[None].steps // 2 + 1 + 2  # up to the best check, then two checks without gain
@@ -99,3 +99,50 @@ def test_patience_stops_an_over_fitting_scope_early_and_keeps_the_same_best(tiny
 def test_patience_must_be_positive() -> None:
     with pytest.raises(ValueError, match="patience"):
         SpeakerOracle(patience=0)
+
+
+def test_no_oracle_ever_trains_or_early_stops_on_an_evaluation_utterance(tiny_data, tiny_module, tiny_trainer, monkeypatch) -> None:
+    fitted = []  # (training ids, held-out ids) of every oracle fine-tuning: the meta-val search, the speaker and accent oracles
+    original = SpeakerOracle._fit_scope
+
+    def recording(self, learner, setting, train, dev):
+        fitted.append((set(train.ids[0]), set(dev.ids[0])))
+        return original(self, learner, setting, train, dev)
+
+    monkeypatch.setattr(SpeakerOracle, "_fit_scope", recording)
+    data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
+    accents = {"spk015": "a", "spk016": "b", "spk017": "b"}  # two held-out speakers share accent b
+    monkeypatch.setattr(type(data), "task_accents", lambda self, split="test": accents)
+    oracle = SpeakerOracle(scopes=["head"], learning_rates=[1e-3, 3e-3], max_steps=4, eval_every=2, accent=True)
+    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1], test_steps=[0, 1], oracle=oracle)
+    tiny_trainer().test(module, datamodule=data, verbose=False)
+    test_items, val_items = list(data.test_dataloader()), list(data.val_dataloader())
+    evaluation = {u for item in test_items + val_items for u in item.evaluation.ids[0]}
+    pools = {item.task: set(item.oracle.ids[0]) for item in test_items}
+    assert len(fitted) == 2 * len(val_items) + len(test_items) + 2  # the grid on meta-val; one chosen fit per speaker; 2 accent fits
+    assert all(not (train | dev) & evaluation for train, dev in fitted)
+    accent_fits = [(t, d) for t, d in fitted if len(t) > 6]
+    assert len(accent_fits) == 2
+    for train, dev in accent_fits:  # the mate's whole oracle pool, the target's own pool, held-out part from the target
+        target = next(task for task in ("spk016", "spk017") if dev <= pools[task])
+        mate = ({"spk016", "spk017"} - {target}).pop()
+        assert pools[mate] <= train and train - pools[mate] == pools[target] - dev
+    report = module.last_report
+    assert {r.task for r in report.accent_oracle} == {"spk016", "spk017"}
+    assert report.settings["oracle"]["chosen_on_meta_val"]["lr"] in (1e-3, 3e-3)
+    assert set(report.settings["oracle"]["meta_val_wer"]) == {"head @ 0.001", "head @ 0.003"}
+    assert "accent oracle" in {row["condition"] for row in report.decomposition_rows()}
+
+
+def test_a_few_shot_cell_below_the_oracle_is_flagged() -> None:
+    from metaspeech.experiment import markdown_table, summarize
+
+    records = [_record("a", 5, 0, 6), _record("a", 5, 5, 1), _record("a", 5, 1, 5)]
+    report = AdaptationReport(records, oracle=[_record("a", 30, 20, 2)])
+    cells = {(c.shots, c.steps): c for c in report.conditions()}
+    assert cells[(5, 5)].beats_oracle and not cells[(5, 1)].beats_oracle and not cells[(5, 0)].beats_oracle
+    assert "below the speaker oracle" in report.render()
+    rows = summarize({"joint": {0: report}})
+    assert [r["beats_oracle"] for r in rows if r["group"] == "all"] == [False, False, True]
+    table = markdown_table(rows)
+    assert table.count("(below the oracle)") == 1 and "| 5 | 5 |" in table.split("(below the oracle)")[0].splitlines()[-1]

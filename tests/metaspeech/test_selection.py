@@ -1,4 +1,4 @@
-"""The test-time inner learning rate is chosen on meta-val speakers only, and reported."""
+"""Test-time adaptation (scope, optimizer, learning rate, steps) is chosen on meta-val speakers only, and reported."""
 
 from __future__ import annotations
 
@@ -6,13 +6,24 @@ import json
 
 import pytest
 
-from metaspeech.algorithms import FOMAML, MetaSGD
+from metaspeech.algorithms import FOMAML, HyperInit, MetaAlgorithm, MetaSGD
 from metaspeech.errors import ConfigError
-from metaspeech.selection import InnerLearningRateSelection
+from metaspeech.selection import TestTimeSelection
+from metaspeech.test_time import TestTimeAdaptation
+
+
+class DecayingLR(MetaAlgorithm):
+    """A user's plugin with a hand-written step size schedule: it does not learn its rate, so it is searched."""
+
+    def step_size(self, step: int, name: str) -> float:
+        return 0.5 / (1 + step)
 
 
 def test_selection_reads_only_meta_val_picks_the_best_candidate_and_reports_it(tiny_data, tiny_module, tiny_trainer, tmp_path, monkeypatch) -> None:
-    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 2], results_dir=str(tmp_path))
+    selection = TestTimeSelection([TestTimeAdaptation(lr=5e4), TestTimeAdaptation(lr=0.5),
+                                   TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3)], steps=[1, 2])
+    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 2], results_dir=str(tmp_path),
+                         test_time_selection=selection)
     data = tiny_data()
     tiny_trainer(max_steps=4, limit_val_batches=0).fit(module, datamodule=data)
     splits_read = []
@@ -23,24 +34,41 @@ def test_selection_reads_only_meta_val_picks_the_best_candidate_and_reports_it(t
         return original(self, split)
 
     monkeypatch.setattr(type(data), "_evaluation_loader", recording)
-    selection = InnerLearningRateSelection(learning_rates=[5e4, 0.5])
-    tiny_trainer(callbacks=[selection]).test(module, datamodule=data, verbose=False)
-    searched = selection.result["meta_val_wer"]
-    assert set(searched) == {"50000.0", "0.5"}
-    assert selection.result["eval_inner_lr"] == min((wer, float(lr)) for lr, wer in searched.items())[1]
-    assert selection.result["eval_inner_lr"] == 0.5 and module.algorithm.eval_inner_lr == 0.5
+    tiny_trainer().test(module, datamodule=data, verbose=False)
     assert splits_read.count("val") == 1 and splits_read.count("test") == 1  # the search read meta-val; the protocol, test
-    saved = json.loads((tmp_path / "adaptation_fomaml.json").read_text())
-    assert saved["settings"]["inner_lr_selection"]["eval_inner_lr"] == 0.5
+    saved = json.loads((tmp_path / "adaptation_fomaml.json").read_text())["settings"]
+    search = saved["test_time_selection"]["meta_val_wer"]
+    assert set(search) == {"training scope / sgd / lr 50000.0", "training scope / sgd / lr 0.5", "all / adam / lr 0.001"}
+    assert all(set(by_steps) == {"0", "1", "2"} for by_steps in search.values())
+    names = list(search)  # in candidate order: ties go to the earlier candidate, then to fewer steps
+    best = min((wer, names.index(name), int(s)) for name, by_steps in search.items() for s, wer in by_steps.items())
+    chosen = saved["test_time_selection"]["chosen"]
+    assert f"{chosen['scope']} / {chosen['optimizer']} / lr {chosen['lr']}" == names[best[1]]
+    assert saved["test_time_selection"]["steps"] == best[2]
+    assert saved["test_time"] == module.test_time.describe() == chosen
+    assert module.algorithm.eval_inner_lr is None  # the plugin is never written to
 
 
-def test_learned_inner_learning_rates_are_left_alone(tiny_data, tiny_module, tiny_trainer, tmp_path) -> None:
-    module = tiny_module(MetaSGD(inner_steps=1, inner_lr=0.5), test_shots=[1], test_steps=[0, 1], results_dir=str(tmp_path))
-    selection = InnerLearningRateSelection(learning_rates=[0.1])
-    tiny_trainer(callbacks=[selection], limit_test_batches=1).test(module, datamodule=tiny_data(), verbose=False)
-    assert selection.result["eval_inner_lr"] == "learned by the algorithm"
+def test_a_plugin_that_learns_its_rates_keeps_them_and_its_scope(tiny_module) -> None:
+    grid = TestTimeSelection([TestTimeAdaptation(lr=0.1), TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3)])
+    assert grid.candidates_for(MetaSGD()) == [TestTimeAdaptation()]
+    hyperinit = tiny_module(HyperInit()).algorithm  # set up: its generators exist, one per weight of its scope
+    assert grid.candidates_for(hyperinit) == [TestTimeAdaptation(lr=0.1)]
+    with pytest.raises(ConfigError, match="model.test_time.scope"):
+        tiny_module(HyperInit(), test_time=TestTimeAdaptation(scope=["all"]))
+    assert grid.candidates_for(FOMAML()) == grid.candidates
 
 
-def test_candidates_must_be_positive() -> None:
-    with pytest.raises(ConfigError, match="learning_rates"):
-        InnerLearningRateSelection(learning_rates=[0.1, -1.0])
+def test_a_hand_written_step_size_schedule_is_searched() -> None:
+    assert not DecayingLR.learns_inner_lr and MetaSGD.learns_inner_lr
+    grid = TestTimeSelection([TestTimeAdaptation(lr=0.1), TestTimeAdaptation(lr=0.3)])
+    assert grid.candidates_for(DecayingLR()) == grid.candidates
+
+
+def test_bad_grids_are_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="candidates"):
+        TestTimeSelection([])
+    with pytest.raises(ConfigError, match="model.test_time.lr"):
+        TestTimeAdaptation(lr=-1.0)
+    with pytest.raises(ConfigError, match="model.test_time.optimizer"):
+        TestTimeAdaptation(optimizer="rmsprop")

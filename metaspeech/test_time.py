@@ -1,0 +1,76 @@
+"""``TestTimeAdaptation``: how a trained model adapts to a new speaker, in one explicit place.
+
+Why a value of its own: the scope, the inner optimizer and the learning rate of test-time adaptation
+are choices made after training, on meta-val speakers (:mod:`~metaspeech.selection`), and joint
+training + fine-tuning must get exactly the same choices as the meta-learners. The module holds one
+``TestTimeAdaptation`` (``model.test_time``); the adapter (:class:`~metaspeech.adapter.FewShotAdapter`)
+reads it and nothing else, and the report records it.
+
+    model:
+      test_time: {scope: [all], optimizer: adam, lr: 0.0003}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from metaspeech.algorithms.base import MetaAlgorithm
+from metaspeech.algorithms.inner_loop import INNER_OPTIMIZERS, InnerLoop
+from metaspeech.errors import ConfigError
+from metaspeech.learner import Learner
+
+
+@dataclass(frozen=True)
+class TestTimeAdaptation:
+    """The test-time inner loop's settings.
+
+    Args:
+        scope: the adapted parameters (presets or name globs, as ``model.scope``); None: the training scope.
+            A plugin with meta-parameters tied to its training scope (Meta-SGD's learning rates, HyperInit's
+            generators) adapts its training scope only.
+        optimizer: ``sgd`` or ``adam`` (:meth:`~metaspeech.algorithms.inner_loop.InnerLoop.update`).
+        lr: the learning rate of every inner step; None: the plugin's own (``eval_inner_lr``, or Meta-SGD's learned rates).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    scope: list[str] | None = None
+    optimizer: str = "sgd"
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in INNER_OPTIMIZERS:
+            raise ConfigError(f"model.test_time.optimizer must be one of {INNER_OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"model.test_time.lr must be positive (or null for the plugin's own), got {self.lr}")
+        if self.scope is not None and not self.scope:
+            raise ConfigError("model.test_time.scope must name at least one preset or glob (or be null for the training scope)")
+
+    def learner(self, training: Learner, algorithm: MetaAlgorithm) -> Learner:
+        """The learner whose scope is adapted: ``training``'s, unless this asks for another one."""
+        if self.scope is None:
+            return training
+        learner = Learner(training.model, training.loss, list(self.scope))
+        if learner.adapted_names == training.adapted_names:
+            return training
+        if scope_is_bound(algorithm):
+            raise ConfigError(
+                f"model.test_time.scope={self.scope}: {type(algorithm).__name__} has meta-parameters tied to its training "
+                "scope (learned learning rates or generated weights), so it adapts that scope: leave model.test_time.scope unset"
+            )
+        return learner
+
+    def loop(self, algorithm: MetaAlgorithm, steps: int, record: tuple[int, ...]) -> InnerLoop:
+        """The plugin's own inner loop (``algorithm.inner_loop``, so an override holds at test time), first order,
+        recording ``record``, with this optimizer and learning rate."""
+        return replace(algorithm.inner_loop(steps), create_graph=False, record=record, optimizer=self.optimizer, lr=self.lr)
+
+    def describe(self) -> dict[str, object]:
+        """The settings as plain values (for the report)."""
+        return {"scope": "training scope" if self.scope is None else ",".join(self.scope), "optimizer": self.optimizer,
+                "lr": "the algorithm's own" if self.lr is None else self.lr}
+
+
+def scope_is_bound(algorithm: MetaAlgorithm) -> bool:
+    """Whether the plugin owns meta-parameters shaped by its training scope, so adapting another scope is undefined."""
+    return any(True for _ in algorithm.parameters())
