@@ -1,10 +1,12 @@
 """``MetaSpeechModule``: the outer loop of meta-learning as a LightningModule, and test-time adaptation.
 
 One training step is one meta-batch of T speaker-tasks: the plugin adapts on every support set and returns one
-outer loss; the module backpropagates it once (per task chunk, :mod:`~metaspeech.meta_gradient`), skips non-finite
-steps, passes the fp16 loss scale in (:mod:`~metaspeech.loss_scaling`), steps and logs. Dropout draws from a generator
-seeded by ``(run seed, global step, skipped steps, rank)``, so a resumed run repeats the uninterrupted one. ``adapt``
-and ``transcribe`` are the test-time API (:mod:`~metaspeech.adapter`); the test protocol is :mod:`~metaspeech.protocol`.
+outer loss; :meth:`MetaSpeechModule.training_step` backpropagates it once per task chunk
+(:mod:`~metaspeech.meta_gradient`), skips non-finite steps (and stops after ``max_consecutive_skips`` in a row),
+passes the fp16 loss scale in (:mod:`~metaspeech.loss_scaling`), clips, steps and logs. Dropout draws from a
+generator seeded by ``(run seed, global step, skipped steps, rank)``, so a resumed run repeats the uninterrupted
+one. ``adapt`` and ``transcribe`` are the test-time API (:mod:`~metaspeech.adapter`); the test protocol is
+:mod:`~metaspeech.protocol`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.data_contract import SpeechFrontEnd
+from metaspeech.errors import ConfigError, TrainingStalledError
 from metaspeech.evaluation import AdaptationReport
 from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
-from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_size, check_finite_gradients, gradient_norm
+from metaspeech.meta_gradient import (
+    check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks,
+)
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.oracle import SpeakerOracle
 from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
@@ -60,6 +65,8 @@ class MetaSpeechModule(L.LightningModule):
             meta-gradient, one optimizer step). None: all at once.
         oracle: the test report's speaker oracle (:class:`~metaspeech.oracle.SpeakerOracle`), run on every
             test speaker with an oracle pool (``data.init_args.oracle_pool_size``); None: default settings.
+        max_consecutive_skips: stop the fit with a :class:`~metaspeech.errors.TrainingStalledError` after this
+            many non-finite outer steps in a row (a run that cannot make progress must not run forever).
     """
 
     def __init__(
@@ -68,15 +75,18 @@ class MetaSpeechModule(L.LightningModule):
         max_grad_norm: float | None = 5.0, val_shots: int = 5, val_steps: int = 5, test_shots: list[int] | None = None,
         test_steps: list[int] | None = None, results_dir: str | None = None, init_from: str | None = None,
         augmentation: EpisodeAugmentation | None = None, adaptation_guard: str = "none", tasks_per_chunk: int | None = None,
-        oracle: SpeakerOracle | None = None,
+        oracle: SpeakerOracle | None = None, max_consecutive_skips: int = 20,
     ) -> None:
         super().__init__()
         check_decay(lr_decay)
         check_chunk_size(tasks_per_chunk)
-        # Evaluation and output settings are not model hyperparameters: a checkpoint must not
-        # override them when a user tests it with other shots, steps or an output folder.
+        if max_consecutive_skips < 1:
+            raise ConfigError(f"model.max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
+        # Evaluation, output and run-control settings are not model hyperparameters: a checkpoint must not
+        # override them when a user tests it with other shots, steps or an output folder, or resumes it.
         self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir",
-                                          "init_from", "augmentation", "adaptation_guard", "oracle"])
+                                          "init_from", "augmentation", "adaptation_guard", "oracle",
+                                          "max_consecutive_skips"])
         self.automatic_optimization = False
         self.model, self.algorithm, self.augmentation = recognizer, algorithm, augmentation
         self.tasks_per_chunk, self.results_dir, self.init_from = tasks_per_chunk, results_dir, init_from
@@ -90,6 +100,8 @@ class MetaSpeechModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.feature_config = FeatureConfig()
         self.skipped_steps = 0
+        self.max_consecutive_skips = max_consecutive_skips
+        self.consecutive_skips = 0  # skips since the last optimizer step; not checkpointed
         self.rng_seed: int | None = None  # base seed of training-step randomness; set at fit start or from a checkpoint
         self._initialized_from: str | None = None
         self.last_report: AdaptationReport | None = None  # set by the report callback when a test ends
@@ -125,36 +137,49 @@ class MetaSpeechModule(L.LightningModule):
 
     # -------------------------------------------------------------- training
     def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
+        """One outer step, in order: task chunks, one backward per chunk, skip decision, fp16 loss scale, clip,
+        optimizer step, log. Gradient norm and clipping run in :meth:`on_before_optimizer_step`, which
+        Lightning calls inside ``optimizer.step()`` after unscaling fp16 gradients."""
         with self._step_rng():
-            optimizer, scaler = self.optimizers(), grad_scaler(self._trainer)
+            optimizer, scaler, strategy = self.optimizers(), grad_scaler(self._trainer), self.trainer.strategy
             # Clear gradients before the plugin runs: a plugin may write ``.grad`` by hand in
             # ``outer_loss`` (then calling ``MetaAlgorithm.all_reduce_gradients``); those must survive.
             optimizer.zero_grad(set_to_none=True)
             if self.augmentation is not None:
                 batch = self.augmentation(batch)  # inside the step's seeded RNG: reproducible, resumes exactly
-            outer_loss = partial(self.algorithm.outer_loss, self.learner, loss_scale=loss_scale(scaler))
-            try:
-                result = backward_in_chunks(batch, self.tasks_per_chunk, outer_loss, self.manual_backward, self.trainer.strategy)
-                if scaler is None:  # under fp16 the GradScaler skips a non-finite step itself
-                    check_finite_gradients(self.parameters())
-            except SkipStep as skip:
-                self._skip_step(scaler, str(skip))
-                return
-            optimizer.step()  # gradient norm and clipping: on_before_optimizer_step, after fp16 unscaling
+            chunks, results = task_chunks(batch, self.tasks_per_chunk), []
+            for index, (chunk, weight) in enumerate(chunks):
+                outcome = outer_result(self.algorithm, self.learner, chunk, loss_scale(scaler))
+                if not strategy.reduce_boolean_decision(outcome.finite, all=True):  # the ranks skip together
+                    return self._skip_step(scaler, outcome.why or "a non-finite outer step on another rank")
+                with gradient_sync(strategy, last=index == len(chunks) - 1):
+                    self.manual_backward(outcome.result.loss * weight)  # weight 1.0 without chunks
+                results.append((outcome.result, weight))
+            why = non_finite_gradient(self.parameters()) if scaler is None else ""  # fp16: GradScaler skips itself
+            if why:
+                return self._skip_step(scaler, why)
+            optimizer.step()  # fp16 unscaling, then on_before_optimizer_step (norm, clip), then the step
             self.lr_schedulers().step()
-            self._log_training(batch, result, batch_idx)
+            self.consecutive_skips = 0
+            self._log_training(batch, OuterResult.merge(results), batch_idx)
 
     def _step_rng(self) -> ContextManager[None]:
         return seeded_rng(f"train-step:{self.rng_seed}:{self.global_step}:{self.skipped_steps}:{self.global_rank}", self.device)
 
     def _skip_step(self, scaler: torch.amp.GradScaler | None, why: str) -> None:
-        """Skip this outer step (every rank decides alike); under fp16 also back off the loss scale, as GradScaler does."""
-        if why:
-            self.print(f"skipping outer step {self.global_step}: {why}")
+        """Skip this outer step (every rank decides alike); under fp16 also back off the loss scale, as GradScaler
+        does. Stop the run after ``max_consecutive_skips`` skips in a row: it cannot make progress."""
+        self.print(f"skipping outer step {self.global_step}: {why}")
         self.skipped_steps += 1
+        self.consecutive_skips += 1
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
         if scaler is not None:
             back_off(scaler)
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            raise TrainingStalledError(
+                f"outer step {self.global_step} was skipped {self.consecutive_skips} times in a row (the last: {why}); "
+                f"lower model.algorithm.init_args.inner_lr (or model.lr), or set trainer.precision=32 "
+                f"if it is 16-mixed; the last checkpoint saved before this step is kept")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the gradient norm and clip: Lightning calls this after unscaling fp16 gradients."""
