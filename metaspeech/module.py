@@ -35,6 +35,7 @@ from metaspeech.meta_gradient import (
 )
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.oracle import SpeakerOracle
+from metaspeech.predictions import HypothesisWriter
 from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
 from metaspeech.randomness import seeded_rng
 from metaspeech.reporting import AdaptationReportWriter, TaskScores
@@ -122,9 +123,10 @@ class MetaSpeechModule(L.LightningModule):
         self.tokenizer, self.feature_config = tokenizer, features
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The test report (:mod:`metaspeech.reporting`) and the run configuration log, unless a fit installed them."""
+        """The test report (:mod:`metaspeech.reporting`), the predict writer (:mod:`metaspeech.predictions`) and the
+        run configuration log, unless a fit installed them."""
         installed = {type(c) for c in self.trainer.callbacks}
-        return [kind() for kind in (AdaptationReportWriter, RunConfigLogger) if kind not in installed]
+        return [kind() for kind in (AdaptationReportWriter, HypothesisWriter, RunConfigLogger) if kind not in installed]
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -228,6 +230,16 @@ class MetaSpeechModule(L.LightningModule):
         records = evaluator.evaluate(item, self.adapt_along, self.transcribe)
         oracle, scopes = evaluate_oracle(item, partial(self.adapter.speaker_oracle, self.oracle, tokenizer=self.tokenizer))
         return TaskScores(records, evaluator.seconds, oracle, scopes)
+
+    def predict_step(self, item: EvaluationBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """Adapt to one held-out speaker on ``max(test_shots)`` utterances of its adaptation pool (at most the pool)
+        for ``max(test_steps)`` inner steps; one row per evaluation utterance, written by
+        :class:`~metaspeech.predictions.HypothesisWriter`."""
+        shots, steps = min(max(self.test_shots), item.pool.examples_per_task), max(self.test_steps)
+        hypotheses = self.transcribe(item.evaluation, self.adapt(item.pool.take(shots), steps))[0]
+        return [{"speaker": item.task, "id": utterance, "reference": reference, "hypothesis": hypothesis,
+                 "shots": shots, "steps": steps}
+                for utterance, reference, hypothesis in zip(item.evaluation.ids[0], item.evaluation.texts[0], hypotheses)]
 
     # ------------------------------------------------------------ checkpoints: the metaspeech section
     on_save_checkpoint = save_module_section
