@@ -154,11 +154,12 @@ def demo(argv: list[str]) -> int:
     from metaspeech.parallel_runs import default_workers
     from metaspeech.shipped_configs import shipped_config
 
+    # The tiny corpus's adaptation pools hold 5 utterances: its data config sets its own, smaller protocol.
+    protocol = [] if args.preset == "tiny" else ["--config", shipped_config("configs/protocol/benchmark.yaml")]
     summary = run_comparison(
         [shipped_config(f"configs/{SHIPPED[args.algorithm]}"), shipped_config(f"configs/{SHIPPED['joint']}")],
         shipped_config(f"configs/data/embedded_{args.preset.replace('-', '_')}.yaml"), shipped_config("configs/trainer/cpu.yaml"),
-        Path(args.output), args.seeds,
-        [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", shipped_config("configs/protocol/benchmark.yaml"), *unknown],
+        Path(args.output), args.seeds, [f"--trainer.max_steps={args.steps}", *QUICK_RUN, *protocol, *unknown],
         base_config=shipped_config("configs/base.yaml"), base_steps=args.base_steps,
         workers=args.workers or default_workers(2 * len(args.seeds)),
     )
