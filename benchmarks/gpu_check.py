@@ -1,7 +1,7 @@
 """The GPU claims, measured in one short run: engine speed, mixed-precision fits, memory at scale.
 
-A GPU is lent only now and then, for about 15 minutes in all, so this check is prepared
-and rehearsed on CPU and runs as one command (<= 8 minutes on one H100/H200). The GPU
+GPU time is short and rare, so this check is prepared and rehearsed on CPU and runs as
+one command (<= 8 minutes on one H100/H200). The GPU
 machine has Python 3.12 with torch 2.11.0+cu130, torchaudio 2.11.0, lightning 2.6.6 and
 torchmetrics 1.9.0 and no network; `make gpu-wheels` (here, with network) puts every other
 runtime dependency and the project itself, as cp312 manylinux wheels, into build/gpu-wheels/
@@ -94,7 +94,7 @@ GPU_MARKER_ENVIRONMENT = {
 
 @dataclass
 class Settings:
-    """Sizes of every cell: the issue's on a GPU, tiny ones under ``--quick``."""
+    """Sizes of every cell: the engine benchmark's (T = 8, k = 5, 5 steps) on a GPU, tiny ones under ``--quick``."""
 
     device: str
     threads: int | None = None
@@ -108,7 +108,7 @@ class Settings:
     cell_s: float = 3.0
     """Timed seconds per engine cell: fewer repeats (at least one) where one step is slow."""
     engine_model: dict[str, Any] = field(default_factory=dict)
-    """BiLSTMCTC arguments for engine_speed and scale; empty: the model of BENCHMARKS.md §1."""
+    """BiLSTMCTC arguments for engine_speed and scale; empty: the model of BENCHMARKS.md §3."""
     fit_steps: int = 20
     fit_models: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "BiLSTMCTC": {},  # configs/maml.yaml's recognizer

@@ -54,7 +54,7 @@ class SpeakerOracle:
             loss (None, the default: always run ``max_steps``). It saves time where a scope over-fits
             early (``all`` often does within 5-10 steps, and the oracle is most of the test protocol's
             time), but a held-out loss that plateaus and falls again is missed: on the demo's joint model
-            patience 3 raised the oracle's held-out WER from 25.5 % to 26.0 % (BENCHMARKS.md §3), which
+            patience 3 raised the oracle's held-out WER from 25.5 % to 26.0 % (BENCHMARKS.md §2), which
             flatters the share of the gap closed.
     """
 
