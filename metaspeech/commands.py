@@ -154,8 +154,9 @@ def demo(argv: list[str]) -> int:
     from metaspeech.parallel_runs import default_workers
     from metaspeech.shipped_configs import shipped_config
 
-    # The tiny corpus's adaptation pools hold 5 utterances: its data config sets its own, smaller protocol.
-    protocol = [] if args.preset == "tiny" else ["--config", shipped_config("configs/protocol/benchmark.yaml")]
+    protocol = ["--config", shipped_config("configs/protocol/benchmark.yaml")]
+    if args.preset == "tiny":  # its adaptation pools hold 5 utterances
+        protocol += ["--model.test_shots=[1,3,5]", "--model.test_steps=[0,1,3]"]
     summary = run_comparison(
         [shipped_config(f"configs/{SHIPPED[args.algorithm]}"), shipped_config(f"configs/{SHIPPED['joint']}")],
         shipped_config(f"configs/data/embedded_{args.preset.replace('-', '_')}.yaml"), shipped_config("configs/trainer/cpu.yaml"),
