@@ -7,7 +7,8 @@ torchmetrics 1.9.0 and no network; `make gpu-wheels` (here, with network) puts e
 runtime dependency and the project itself, as cp312 manylinux wheels, into build/gpu-wheels/
 (it travels with the repository). On the GPU machine, from the repository root:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site build/gpu-wheels/*.whl && PYTHONPATH=/tmp/site WANDB_MODE=disabled python3 benchmarks/gpu_check.py --device cuda --output results/gpu_check
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site build/gpu-wheels/*.whl
+    PYTHONPATH=/tmp/site WANDB_MODE=disabled python3 benchmarks/gpu_check.py --device cuda --output results/gpu_check
 
 (`make gpu-check` runs the same two steps there.) `--target`: the machine's Python stays as it
 is. `--no-deps`: pyproject.toml also lists wandb and matplotlib, which nothing on this path
@@ -659,7 +660,8 @@ def markdown(data: dict[str, Any]) -> str:
              f"`{' '.join(env['command'])}` · python {env['python']} · "
              + " · ".join(f"{k} {v}" for k, v in env["versions"].items())
              + f" · CUDA {env['torch_cuda']} · commit {env['commit']} · {data.get('elapsed_s', 0):.0f} s of {data['budget_s']:.0f} s", "",
-             f"## Engine vs per-task loop (k = {settings['shots']}, {settings['inner_steps']} inner steps, median of the timed runs; 0 runs: timed by its warm-up)", ""]
+             f"## Engine vs per-task loop (k = {settings['shots']}, {settings['inner_steps']} inner steps, "
+             "median of the timed runs; 0 runs: timed by its warm-up)", ""]
     lines += _table(["algorithm", "scope", "T", "precision", "engine tasks/s", "loop tasks/s", "speed-up", "engine MB",
                      "loop MB", "timed runs", "note"], [_engine_line(r) for r in sections["engine_speed"]["rows"]])
     lines += ["", f"## Second-order MAML fits ({settings['fit_steps']} steps, tiny embedded corpus)", ""]

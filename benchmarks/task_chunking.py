@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in row:
             print(f"{tasks:>3} {chunk:>3} {row['error']}", flush=True)
         else:
-            print(f"{tasks:>3} {chunk:>3} {row['tasks_per_second']:8.2f} {row['seconds_per_step']:7.2f} {row['peak_memory_mb']:8.0f}", flush=True)
+            print(f"{tasks:>3} {chunk:>3} {row['tasks_per_second']:8.2f} {row['seconds_per_step']:7.2f} {row['peak_memory_mb']:8.0f}",
+                  flush=True)
         output.write_text(json.dumps({"device": args.device, "algorithm": "maml", "scope": "lhuc", "steps": args.steps,
                                       "shots": args.shots, "frames": args.frames, "rows": rows}, indent=2))
     print(f"wrote {output}")

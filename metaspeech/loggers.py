@@ -115,7 +115,9 @@ def log_adaptation_report(
             write_report_tables(Path(logger.log_dir) / "tables", report)
 
 
-def log_report_to_wandb(logger: _LightningWandbLogger, report: AdaptationReport, clips: list[tuple[np.ndarray, str]], sample_rate: int) -> None:
+def log_report_to_wandb(
+    logger: _LightningWandbLogger, report: AdaptationReport, clips: list[tuple[np.ndarray, str]], sample_rate: int
+) -> None:
     """``test/<table>`` tables, the ``test/wer_vs_steps`` line chart (one line per k), ``test/audio_examples``."""
     import wandb
 

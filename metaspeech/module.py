@@ -30,9 +30,7 @@ from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
-from metaspeech.meta_gradient import (
-    check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks,
-)
+from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.oracle import SpeakerOracle
 from metaspeech.predictions import HypothesisWriter

@@ -11,7 +11,6 @@ subprocess smoke test of the ``metaspeech`` command.
 from __future__ import annotations
 
 import json
-
 import os
 import subprocess
 import sys

@@ -11,7 +11,9 @@ from metaspeech.errors import ConfigError
 from metaspeech.selection import InnerLearningRateSelection
 
 
-def test_selection_reads_only_meta_val_picks_the_best_candidate_and_reports_it(tiny_data, tiny_module, tiny_trainer, tmp_path, monkeypatch) -> None:
+def test_selection_reads_only_meta_val_picks_the_best_candidate_and_reports_it(
+    tiny_data, tiny_module, tiny_trainer, tmp_path, monkeypatch
+) -> None:
     module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 2], results_dir=str(tmp_path))
     data = tiny_data()
     tiny_trainer(max_steps=4, limit_val_batches=0).fit(module, datamodule=data)

@@ -152,7 +152,9 @@ def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_e
 
     # training and validation curves
     assert len(history["train/outer_loss"]) == 4 and len(history["val/wer_post"]) == 2
-    assert {"train/query_loss_pre", "train/adaptation_gain", "train/grad_norm", "train/lr", "train/inner_grad_norm_step0", "val/wer_pre", "val/loss_post"} <= set(history)
+    expected = {"train/query_loss_pre", "train/adaptation_gain", "train/grad_norm", "train/lr", "train/inner_grad_norm_step0",
+                "val/wer_pre", "val/loss_post"}
+    assert expected <= set(history)
     # the headline numbers, one per (k, s)
     assert {f"test/wer_k{k}_s{s}" for k in TEST_SHOTS for s in TEST_STEPS} <= set(history)
 
@@ -241,7 +243,8 @@ def test_report_tables_curves_and_audio_captions_from_records() -> None:
     tables = report_tables(report)
     assert len(tables["adaptation_table"]) == 4 and len(tables["speaker_table"]) == 8
     assert [r["condition"] for r in tables["decomposition_table"]] == ["k=1 s=0", "k=1 s=2", "k=3 s=0", "k=3 s=2"]
-    assert tables["speaker_table"][0] == {"speaker": "spk-a", "k": 1, "s": 0, "wer": pytest.approx(2 / 3), "cer": pytest.approx(7 / 11), "words": 6}
+    assert tables["speaker_table"][0] == {"speaker": "spk-a", "k": 1, "s": 0, "wer": pytest.approx(2 / 3), "cer": pytest.approx(7 / 11),
+                                          "words": 6}
     assert report.curves() == {1: [(0, pytest.approx(2 / 3)), (2, 0.0)], 3: [(0, pytest.approx(2 / 3)), (2, 0.0)]}
     assert [r["s"] for r in tables["adaptation_curve"]] == [0, 2, 0, 2]
 
