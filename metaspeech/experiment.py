@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
 from metaspeech.lightning_cli import build_cli
 from metaspeech.parallel_runs import Run, run_side_by_side
+from metaspeech.reporting import last_test_report
 
 QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
@@ -64,8 +65,9 @@ def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport:
                                              "train_seconds": round(time.perf_counter() - start, 1)}
     print(f"{name}: adaptation protocol on the held-out speakers", flush=True)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # the adaptation table is the result
-    assert cli.model.last_report is not None
-    return cli.model.last_report
+    report = last_test_report(cli.trainer)
+    assert report is not None
+    return report
 
 
 def run_comparison(

@@ -25,7 +25,6 @@ from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError, TrainingStalledError
-from metaspeech.evaluation import AdaptationReport
 from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
@@ -103,7 +102,6 @@ class MetaSpeechModule(L.LightningModule):
         self.consecutive_skips = 0  # skips since the last optimizer step; not checkpointed
         self.rng_seed: int | None = None  # base seed of training-step randomness; set at fit start or from a checkpoint
         self._initialized_from: str | None = None
-        self.last_report: AdaptationReport | None = None  # set by the report callback when a test ends
         self.protocol_settings: dict[str, Any] = {}  # choices made for the test protocol (e.g. on meta-val), reported
 
     # ----------------------------------------------------------------- setup

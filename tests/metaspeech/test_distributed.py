@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from metaspeech.algorithms import FOMAML, MAML, MetaAlgorithm, Reptile
+from metaspeech.reporting import last_test_report
 
 TASKS_PER_RANK = 2
 STEPS = 3
@@ -229,7 +230,7 @@ class _TestReport(Callback):
         self.local += sorted({record.task for record in outputs.records})
 
     def on_test_end(self, trainer, pl_module) -> None:
-        report = pl_module.last_report
+        report = last_test_report(trainer)
         torch.save({"local": self.local, "records": [vars(r) for r in report.records], "rows": report.to_rows(),
                     "seconds": dict(report.adaptation_seconds), "groups": dict(report.groups)},
                    Path(self.out_dir) / f"rank{trainer.global_rank}.pt")

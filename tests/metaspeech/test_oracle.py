@@ -10,6 +10,7 @@ import torch
 from metaspeech.algorithms import FOMAML
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord
 from metaspeech.oracle import SpeakerOracle
+from metaspeech.reporting import last_test_report
 
 
 def _record(task: str, shots: int, steps: int, errors: int, words: int = 10) -> UtteranceRecord:
@@ -60,8 +61,9 @@ def test_the_test_report_carries_the_oracle_of_every_held_out_speaker(tiny_data,
     module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 2],
                          oracle=SpeakerOracle(scopes=["head"], max_steps=10, eval_every=5))
     data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
-    tiny_trainer(max_steps=2, limit_val_batches=0).test(module, datamodule=data)
-    report = module.last_report
+    trainer = tiny_trainer(max_steps=2, limit_val_batches=0)
+    trainer.test(module, datamodule=data)
+    report = last_test_report(trainer)
     speakers = {r.task for r in report.records}
     assert {r.task for r in report.oracle} == speakers and {r.shots for r in report.oracle} == {8}
     assert report.settings["oracle"]["chosen_scopes"] == {"head": len(speakers)}

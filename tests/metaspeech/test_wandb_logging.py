@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from metaspeech.algorithms import FOMAML
+from metaspeech.reporting import last_test_report
 
 FILE_HEADER = struct.Struct("<4sHB")
 RECORD_HEADER = struct.Struct("<IHB")
@@ -120,7 +121,7 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def fit_and_test(tiny_data, tiny_module, tiny_trainer, tmp_path: Path):
-    """Four FOMAML steps with validation every two, then the test protocol, with ``logger``."""
+    """Four FOMAML steps with validation every two, then the test protocol, with ``logger``; the Trainer."""
 
     def run(logger):
         module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=TEST_SHOTS, test_steps=TEST_STEPS,
@@ -129,7 +130,7 @@ def fit_and_test(tiny_data, tiny_module, tiny_trainer, tmp_path: Path):
         trainer = tiny_trainer(max_steps=4, logger=logger, log_every_n_steps=1, val_check_interval=2, limit_val_batches=1)
         trainer.fit(module, datamodule=data)
         trainer.test(module, datamodule=data, verbose=False)
-        return module
+        return trainer
 
     return run
 
@@ -141,7 +142,7 @@ def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_e
 
     logger = WandbLogger(project="metaspeech-test", save_dir=str(wandb_env / "runs"), offline=True)
     try:
-        module = fit_and_test(logger)
+        trainer = fit_and_test(logger)
         run_dir = Path(logger.experiment.dir).parent
     finally:
         logger.experiment.finish()
@@ -159,7 +160,7 @@ def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_e
     assert {f"test/wer_k{k}_s{s}" for k in TEST_SHOTS for s in TEST_STEPS} <= set(history)
 
     # tables: logged as table files the run directory holds
-    report = module.last_report
+    report = last_test_report(trainer)
     speakers = {r.task for r in report.records}
     expected_rows = {"test/adaptation_table": len(TEST_SHOTS) * len(TEST_STEPS),
                      "test/speaker_table": len(speakers) * len(TEST_SHOTS) * len(TEST_STEPS),
