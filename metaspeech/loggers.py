@@ -8,7 +8,6 @@ tables as CSV files next to their metrics.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,7 +19,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from metaspeech.evaluation import AdaptationReport
+from metaspeech.evaluation import AdaptationReport, write_csv
 
 
 def wandb_has_credentials() -> bool:
@@ -140,11 +139,4 @@ def log_report_to_wandb(
 def write_report_tables(directory: Path, report: AdaptationReport) -> dict[str, Path]:
     """Each table of :func:`report_tables` as ``<directory>/test_<table>.csv``."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, rows in report_tables(report).items():
-        paths[name] = directory / f"test_{name}.csv"
-        with paths[name].open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["k"])
-            writer.writeheader()
-            writer.writerows(rows)
-    return paths
+    return {name: write_csv(directory / f"test_{name}.csv", rows, empty_header=["k"]) for name, rows in report_tables(report).items()}
