@@ -30,7 +30,7 @@ from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
-from metaspeech.models.recognizer import Recognizer
+from metaspeech.models.recognizer import Recognizer, check_recognizer
 from metaspeech.oracle import SpeakerOracle
 from metaspeech.predictions import HypothesisWriter
 from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
@@ -78,6 +78,7 @@ class MetaSpeechModule(L.LightningModule):
         super().__init__()
         check_decay(lr_decay)
         check_chunk_size(tasks_per_chunk)
+        check_recognizer(recognizer)
         if max_consecutive_skips < 1:
             raise ConfigError(f"model.max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
         # Evaluation, output and run-control settings are not model hyperparameters: a checkpoint must not
