@@ -25,6 +25,7 @@ demo-kokoro: $(STAMP)
 	$(VENV)/bin/metaspeech demo --preset kokoro-small --base_steps 500 --steps 60 --output results/demo-kokoro --model.test_shots=[1,5,10]
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-slow: $(STAMP)

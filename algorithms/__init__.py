@@ -8,6 +8,18 @@ from metaspeech.algorithms.maml import FOMAML, MAML
 from metaspeech.algorithms.metasgd import MetaSGD
 from metaspeech.algorithms.reptile import Reptile
 
+SHIPPED: dict[str, str] = {
+    "maml": "maml.yaml",
+    "fomaml": "fomaml.yaml",
+    "reptile": "reptile.yaml",
+    "hyperinit": "hyperinit.yaml",
+    "metasgd": "metasgd.yaml",
+    "anil": "anil.yaml",
+    "joint": "joint.yaml",
+}
+"""The shipped algorithms, by name, and their configs under ``configs/``: the one list the demo and the
+benchmarks compare (``joint`` is the joint-training baseline)."""
+
 __all__ = [
     "Adaptation",
     "FOMAML",
@@ -21,4 +33,5 @@ __all__ = [
     "NonFiniteLossError",
     "OuterResult",
     "Reptile",
+    "SHIPPED",
 ]

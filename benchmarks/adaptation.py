@@ -22,12 +22,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "hyperinit", "metasgd", "anil", "joint")
-
 
 def main() -> None:
+    from metaspeech.algorithms import SHIPPED
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), help="config names under configs/")
+    parser.add_argument("--algorithms", nargs="+", default=list(SHIPPED), choices=list(SHIPPED),
+                        help="shipped algorithms (metaspeech.algorithms.SHIPPED)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--base_steps", type=int, default=300, help="joint-training steps of the shared start")
     parser.add_argument("--steps", type=int, default=60, help="outer steps each algorithm gets from the shared start")
@@ -55,7 +56,7 @@ def main() -> None:
     overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", str(REPO / "configs/protocol/benchmark.yaml"), *extra]
     start = time.perf_counter()
     summary = run_comparison(
-        [str(REPO / "configs" / f"{name}.yaml") for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),
+        [str(REPO / "configs" / SHIPPED[name]) for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),
         Path(args.output), args.seeds, overrides, base_config=str(REPO / "configs/base.yaml"), base_steps=args.base_steps,
         workers=args.workers,
     )

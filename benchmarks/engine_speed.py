@@ -1,6 +1,6 @@
 """Engine vs the per-task reference loop: tasks per second and peak memory.
 
-    .venv/bin/python benchmarks/engine_speed.py                       # the issue's setting: T=8, k=5, 5 steps
+    .venv/bin/python benchmarks/engine_speed.py                       # the reference setting: T=8, k=5, 5 steps
     .venv/bin/python benchmarks/engine_speed.py --tasks 4 8 16 --steps 1 5 10 --device cuda
 
 Each (algorithm, scope, T, steps, body, implementation) runs in a fresh subprocess so

@@ -1,13 +1,14 @@
 """The GPU claims, measured in one short run: engine speed, mixed-precision fits, memory at scale.
 
-A GPU is lent only now and then, for about 15 minutes in all, so this check is prepared
-and rehearsed on CPU and runs as one command (<= 8 minutes on one H100/H200). The GPU
+GPU time is short and rare, so this check is prepared and rehearsed on CPU and runs as
+one command (<= 8 minutes on one H100/H200). The GPU
 machine has Python 3.12 with torch 2.11.0+cu130, torchaudio 2.11.0, lightning 2.6.6 and
 torchmetrics 1.9.0 and no network; `make gpu-wheels` (here, with network) puts every other
 runtime dependency and the project itself, as cp312 manylinux wheels, into build/gpu-wheels/
 (it travels with the repository). On the GPU machine, from the repository root:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site build/gpu-wheels/*.whl && PYTHONPATH=/tmp/site WANDB_MODE=disabled python3 benchmarks/gpu_check.py --device cuda --output results/gpu_check
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site build/gpu-wheels/*.whl
+    PYTHONPATH=/tmp/site WANDB_MODE=disabled python3 benchmarks/gpu_check.py --device cuda --output results/gpu_check
 
 (`make gpu-check` runs the same two steps there.) `--target`: the machine's Python stays as it
 is. `--no-deps`: pyproject.toml also lists wandb and matplotlib, which nothing on this path
@@ -94,7 +95,7 @@ GPU_MARKER_ENVIRONMENT = {
 
 @dataclass
 class Settings:
-    """Sizes of every cell: the issue's on a GPU, tiny ones under ``--quick``."""
+    """Sizes of every cell: the engine benchmark's (T = 8, k = 5, 5 steps) on a GPU, tiny ones under ``--quick``."""
 
     device: str
     threads: int | None = None
@@ -108,7 +109,7 @@ class Settings:
     cell_s: float = 3.0
     """Timed seconds per engine cell: fewer repeats (at least one) where one step is slow."""
     engine_model: dict[str, Any] = field(default_factory=dict)
-    """BiLSTMCTC arguments for engine_speed and scale; empty: the model of BENCHMARKS.md §1."""
+    """BiLSTMCTC arguments for engine_speed and scale; empty: the model of BENCHMARKS.md §3."""
     fit_steps: int = 20
     fit_models: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "BiLSTMCTC": {},  # configs/maml.yaml's recognizer
@@ -659,7 +660,8 @@ def markdown(data: dict[str, Any]) -> str:
              f"`{' '.join(env['command'])}` · python {env['python']} · "
              + " · ".join(f"{k} {v}" for k, v in env["versions"].items())
              + f" · CUDA {env['torch_cuda']} · commit {env['commit']} · {data.get('elapsed_s', 0):.0f} s of {data['budget_s']:.0f} s", "",
-             f"## Engine vs per-task loop (k = {settings['shots']}, {settings['inner_steps']} inner steps, median of the timed runs; 0 runs: timed by its warm-up)", ""]
+             f"## Engine vs per-task loop (k = {settings['shots']}, {settings['inner_steps']} inner steps, "
+             "median of the timed runs; 0 runs: timed by its warm-up)", ""]
     lines += _table(["algorithm", "scope", "T", "precision", "engine tasks/s", "loop tasks/s", "speed-up", "engine MB",
                      "loop MB", "timed runs", "note"], [_engine_line(r) for r in sections["engine_speed"]["rows"]])
     lines += ["", f"## Second-order MAML fits ({settings['fit_steps']} steps, tiny embedded corpus)", ""]

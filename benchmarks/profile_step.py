@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.profile_step --algorithm fomaml --scope lhuc
 
-Why: FOMAML and Reptile on the LHUC scope are the cells of BENCHMARKS.md §1 where the
+Why: FOMAML and Reptile on the LHUC scope are the cells of BENCHMARKS.md §3 where the
 engine gains least over a per-task loop. This runs one outer step of the §1 setting
 (T = 8, k = 5, 5 inner steps, default BiLSTMCTC) under ``torch.profiler`` and groups the
 self CPU time of every operator into LSTM, convolution, matrix products, CTC and the rest,

@@ -5,7 +5,7 @@
 
 Why: without chunks the engine holds all T tasks' double-backward graphs until the one
 backward. With chunks of c tasks each chunk's share of the outer loss is backpropagated
-at once (as :func:`metaspeech.meta_gradient.backward_in_chunks` does), so
+at once (as :meth:`metaspeech.module.MetaSpeechModule.training_step` does), so
 peak memory should fall roughly with T / c at the price of less task batching. Each
 cell runs in a fresh subprocess; memory is the peak above the process's footprint
 before the first step (CPU: max RSS; CUDA: max allocated). Prints a table, writes JSON.
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in row:
             print(f"{tasks:>3} {chunk:>3} {row['error']}", flush=True)
         else:
-            print(f"{tasks:>3} {chunk:>3} {row['tasks_per_second']:8.2f} {row['seconds_per_step']:7.2f} {row['peak_memory_mb']:8.0f}", flush=True)
+            print(f"{tasks:>3} {chunk:>3} {row['tasks_per_second']:8.2f} {row['seconds_per_step']:7.2f} {row['peak_memory_mb']:8.0f}",
+                  flush=True)
         output.write_text(json.dumps({"device": args.device, "algorithm": "maml", "scope": "lhuc", "steps": args.steps,
                                       "shots": args.shots, "frames": args.frames, "rows": rows}, indent=2))
     print(f"wrote {output}")

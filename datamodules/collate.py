@@ -12,7 +12,7 @@ padded with 0 (the CTC blank, never read beyond ``token_lengths``).
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -101,20 +101,10 @@ class MetaBatchCollator:
 def collate_evaluation_task(dataset: UtteranceDataset, task: EvaluationTask) -> EvaluationBatch:
     """One held-out task -> an :class:`EvaluationBatch`: pool, evaluation set and oracle pool, each ``T = 1``.
 
-    k-shot adaptation uses ``pool.take(k)``. For a large evaluation set use
-    :func:`evaluation_chunks` instead of the single ``evaluation`` batch.
+    k-shot adaptation uses ``pool.take(k)``.
     """
     pool = collate_tasks([[dataset[i] for i in task.pool]])
     evaluation = collate_tasks([[dataset[i] for i in task.evaluation]])
     oracle = collate_tasks([[dataset[i] for i in task.oracle]]) if task.oracle else None
     return EvaluationBatch(pool=pool, evaluation=evaluation, task=task.name, oracle=oracle)
 
-
-def evaluation_chunks(dataset: UtteranceDataset, task: EvaluationTask, chunk_size: int) -> Iterator[TaskBatch]:
-    """The task's evaluation set as ``T = 1`` batches of at most ``chunk_size`` utterances.
-
-    Each chunk is padded only to its own longest utterance, so memory is bounded
-    by ``chunk_size`` rather than by the size of the evaluation set.
-    """
-    for chunk in task.evaluation_chunks(chunk_size):
-        yield collate_tasks([[dataset[i] for i in chunk]])

@@ -231,11 +231,6 @@ class EvaluationTask:
     evaluation: list[int]
     oracle: list[int] = field(default_factory=list)
 
-    def evaluation_chunks(self, chunk_size: int) -> list[list[int]]:
-        """The evaluation indices in consecutive chunks of at most ``chunk_size``."""
-        _check_positive(chunk_size=chunk_size)
-        return [self.evaluation[i : i + chunk_size] for i in range(0, len(self.evaluation), chunk_size)]
-
 
 def make_evaluation_tasks(
     task_to_indices: Mapping[str, Sequence[int]],

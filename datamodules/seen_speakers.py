@@ -22,6 +22,7 @@ from metaspeech.evaluation import SEEN_SPEAKERS as SEEN_GROUP
 from metaspeech.manifest import Utterance
 from metaspeech.randomness import seed_from_keys
 from metaspeech.text import normalize_text
+
 SUFFIX = "@seen"
 
 __all__ = ["SEEN_GROUP", "SUFFIX", "SeenSpeakerTask", "hold_out_seen_sentences"]

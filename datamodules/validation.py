@@ -185,12 +185,14 @@ def _check(
     if max_duration is not None and duration > max_duration:
         return Problem(TOO_LONG, f"audio lasts {duration:.1f}s > max_duration={max_duration}s", "segment the file or raise max_duration")
     if sample_rate is not None and rate != sample_rate:
-        return Problem(SAMPLE_RATE, f"sample rate {rate} != expected {sample_rate}", f"resample the file to {sample_rate} Hz (e.g. with sox)")
+        return Problem(SAMPLE_RATE, f"sample rate {rate} != expected {sample_rate}",
+                       f"resample the file to {sample_rate} Hz (e.g. with sox)")
     if not row.text.strip():
         return Problem(EMPTY_TEXT, "transcript is empty", "add the transcript or remove the row")
     bad = _bad_chars(row.text, allowed_chars) if allowed_chars is not None else set()
     if bad:
-        return Problem(OOV, f"transcript {row.text!r} has characters {sorted(bad)} outside the vocabulary", "normalize the text, extend the vocabulary, or remove the row")
+        return Problem(OOV, f"transcript {row.text!r} has characters {sorted(bad)} outside the vocabulary",
+                       "normalize the text, extend the vocabulary, or remove the row")
     return None
 
 

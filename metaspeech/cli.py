@@ -33,7 +33,8 @@ def usage() -> str:
 
     width = max(len(name) for name in [*LIGHTNING_SUBCOMMANDS, *COMMANDS]) + 2
     lines = ["usage: metaspeech <command> [options]   (metaspeech <command> --help for its options)", "",
-             "Meta-learning for fast speaker adaptation of speech recognizers.", "", "training and evaluation (Lightning CLI, YAML configs):"]
+             "Meta-learning for fast speaker adaptation of speech recognizers.", "",
+             "training and evaluation (Lightning CLI, YAML configs):"]
     lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
     lines += ["", "using a trained model, data and experiments:"]
     lines += [f"  {name:<{width}}{summary(name)}" for name in COMMANDS]

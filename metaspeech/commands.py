@@ -122,10 +122,11 @@ def compare(argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     from metaspeech.experiment import run_comparison
     from metaspeech.parallel_runs import default_workers
+    from metaspeech.shipped_configs import shipped_config
 
     summary = run_comparison(
-        args.algorithms, args.data, args.trainer, Path(args.output), args.seeds, unknown,
-        base_config=args.base_config, base_steps=args.base_steps,
+        [shipped_config(c) for c in args.algorithms], shipped_config(args.data), shipped_config(args.trainer),
+        Path(args.output), args.seeds, unknown, base_config=shipped_config(args.base_config), base_steps=args.base_steps,
         workers=args.workers or default_workers(len(args.algorithms) * len(args.seeds)),
     )
     print(summary["table"])
@@ -137,9 +138,12 @@ def compare(argv: list[str]) -> int:
 def demo(argv: list[str]) -> int:
     """The main job: a shared joint-trained start, then meta-training vs joint training with the same budget;
     both are tested on held-out speakers and printed side by side (the protocol of benchmarks/adaptation.py)."""
+    from metaspeech.algorithms import SHIPPED
+
     parser = argparse.ArgumentParser(prog="metaspeech demo", description=demo.__doc__)
-    parser.add_argument("--algorithm", default="fomaml", help="an algorithm config name under configs/")
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "full", "kokoro-small"])
+    parser.add_argument("--algorithm", default="fomaml", choices=[a for a in SHIPPED if a != "joint"],
+                        help="a shipped algorithm (its config under configs/)")
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "kokoro-small"])
     parser.add_argument("--base_steps", type=int, default=900, help="joint-training steps of the shared start")
     parser.add_argument("--steps", type=int, default=60, help="outer steps each algorithm gets from the shared start")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -148,12 +152,16 @@ def demo(argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     from metaspeech.experiment import QUICK_RUN, run_comparison
     from metaspeech.parallel_runs import default_workers
+    from metaspeech.shipped_configs import shipped_config
 
+    protocol = ["--config", shipped_config("configs/protocol/benchmark.yaml")]
+    if args.preset == "tiny":  # its adaptation pools hold 5 utterances
+        protocol += ["--model.test_shots=[1,3,5]", "--model.test_steps=[0,1,3]"]
     summary = run_comparison(
-        [f"configs/{args.algorithm}.yaml", "configs/joint.yaml"], f"configs/data/embedded_{args.preset.replace('-', '_')}.yaml",
-        "configs/trainer/cpu.yaml", Path(args.output), args.seeds,
-        [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", "configs/protocol/benchmark.yaml", *unknown],
-        base_config="configs/base.yaml", base_steps=args.base_steps,
+        [shipped_config(f"configs/{SHIPPED[args.algorithm]}"), shipped_config(f"configs/{SHIPPED['joint']}")],
+        shipped_config(f"configs/data/embedded_{args.preset.replace('-', '_')}.yaml"), shipped_config("configs/trainer/cpu.yaml"),
+        Path(args.output), args.seeds, [f"--trainer.max_steps={args.steps}", *QUICK_RUN, *protocol, *unknown],
+        base_config=shipped_config("configs/base.yaml"), base_steps=args.base_steps,
         workers=args.workers or default_workers(2 * len(args.seeds)),
     )
     print(summary["table"])

@@ -24,3 +24,7 @@ class ConfigError(MetaSpeechError, ValueError):
 
 class DataError(MetaSpeechError, ValueError):
     """A corpus, manifest, file or speaker cannot be used; the message names it and the fix."""
+
+
+class TrainingStalledError(MetaSpeechError, RuntimeError):
+    """A fit skipped too many non-finite outer steps in a row to make progress; the message names the fix."""

@@ -239,11 +239,7 @@ class AdaptationReport:
              "accent_oracle_records": [asdict(r) for r in self.accent_oracle]},
             indent=2,
         ))
-        with csv_path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["shots"])
-            writer.writeheader()
-            writer.writerows(rows)
-        return {"json": json_path, "csv": csv_path}
+        return {"json": json_path, "csv": write_csv(csv_path, rows, empty_header=["shots"])}
 
     def render(self, title: str = "Adaptation on held-out speakers") -> str:
         """The table as text (rich), for the console and for logs."""
@@ -336,3 +332,12 @@ def _per_speaker_wer(rows: list[UtteranceRecord]) -> dict[str, float]:
     for r in rows:
         by_task[r.task].append(r)
     return {task: _rate(group, "word_errors", "words") for task, group in by_task.items()}
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], empty_header: list[str]) -> Path:
+    """``rows`` (dicts with the same keys) as a CSV table at ``path``; no rows: just ``empty_header``."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else empty_header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -16,9 +16,10 @@ from typing import Any, Iterable
 
 from lightning.pytorch.callbacks import Callback
 
-from metaspeech.lightning_cli import build_cli
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
+from metaspeech.lightning_cli import build_cli
 from metaspeech.parallel_runs import Run, run_side_by_side
+from metaspeech.reporting import last_test_report
 
 QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
@@ -72,8 +73,9 @@ def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport:
                                              "train_seconds": round(time.perf_counter() - start, 1)}
     print(f"{name}: adaptation protocol on the held-out speakers", flush=True)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # the adaptation table is the result
-    assert cli.model.last_report is not None
-    return cli.model.last_report
+    report = last_test_report(cli.trainer)
+    assert report is not None
+    return report
 
 
 def run_comparison(
@@ -100,7 +102,8 @@ def run_comparison(
     for seed in seeds:
         extra = list(overrides)
         if base_steps > 0:
-            base = train_base(base_config or algorithm_configs[-1], data_config, trainer_config, output / "base" / f"seed{seed}", seed, base_steps, overrides)
+            base = train_base(base_config or algorithm_configs[-1], data_config, trainer_config, output / "base" / f"seed{seed}",
+                              seed, base_steps, overrides)
             extra.append(f"--model.init_from={base}")
         runs += [Run(config, data_config, trainer_config, output / Path(config).stem / f"seed{seed}", seed, tuple(extra))
                  for config in algorithm_configs]
@@ -192,7 +195,8 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     of the oracle gap closed; and the best meta-learner's relative WER reduction vs ``BASELINE`` (positive:
     meta-learning is better), and whether that difference is smaller than the larger of the two standard
     deviations over seeds (then it is not a result either way). Means over different seeds are not
-    comparable, so only algorithms run on ``BASELINE``'s seeds (without it, on the most common seeds) take part; the others are listed as left
+    comparable, so only algorithms run on ``BASELINE``'s seeds (without it, on the most common seeds) take part; the others are
+    listed as left
     out. None without adapted cells.
     """
     adapted = [r for r in rows if r.get("group", "all") == "all" and r["steps"] > 0]
@@ -230,13 +234,15 @@ def headline_text(summary: dict[str, Any] | None) -> str:
             f"vs no adaptation; {100 * best['speakers_worse']:.0f} % of speakers worse{gap}).")
     versus = summary.get("meta_vs_joint")
     if versus:
-        numbers = f"{100 * versus['wer']:.1f} vs {100 * versus['joint_wer']:.1f} % ({100 * versus['relative_wer_reduction']:+.1f} % relative)"
+        numbers = (f"{100 * versus['wer']:.1f} vs {100 * versus['joint_wer']:.1f} % "
+                   f"({100 * versus['relative_wer_reduction']:+.1f} % relative)")
         if versus.get("within_seed_spread"):
             text += (f" The best meta-learner, {versus['algorithm']}, and {BASELINE} training + the same fine-tuning differ by less "
                      f"than the seed spread (standard deviation {100 * versus['seed_spread']:.1f} points): {numbers}.")
         else:
             verdict = "better" if versus["relative_wer_reduction"] > 0 else "not better"
-            text += f" The best meta-learner, {versus['algorithm']}, is {verdict} than {BASELINE} training + the same fine-tuning: {numbers}."
+            text += (f" The best meta-learner, {versus['algorithm']}, is {verdict} than {BASELINE} training + the same fine-tuning: "
+                     f"{numbers}.")
     if summary.get("left_out"):
         text += f" Left out, run on other seeds: {', '.join(summary['left_out'])}."
     return text
@@ -244,13 +250,15 @@ def headline_text(summary: dict[str, Any] | None) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], group: str = "all") -> str:
     """Side-by-side WER % (mean ± std over seeds; relative reduction vs s = 0, median per-speaker relative
-    reduction, share of speakers made worse, share of the gap to the speaker oracle closed) per algorithm, one line per (k, s), and the oracle's WER."""
+    reduction, share of speakers made worse, share of the gap to the speaker oracle closed) per algorithm, one line per (k, s),
+    and the oracle's WER."""
     rows = [r for r in rows if r.get("group", "all") == group]
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
     grid = {(r["algorithm"], r["shots"], r["steps"]): r for r in rows}
     conditions = sorted({(r["shots"], r["steps"]) for r in rows})
     seeds = {a: max(r["seeds"] for r in rows if r["algorithm"] == a) for a in algorithms}
-    header = "| k (speech) | steps | " + " | ".join(f"{a} WER % (rel. red.; median speaker rel. red.; speakers worse; gap to oracle closed), {seeds[a]} seed(s)" for a in algorithms) + " |"
+    cell = "WER % (rel. red.; median speaker rel. red.; speakers worse; gap to oracle closed)"
+    header = "| k (speech) | steps | " + " | ".join(f"{a} {cell}, {seeds[a]} seed(s)" for a in algorithms) + " |"
     lines = [header, "|" + "---|" * (2 + len(algorithms))]
     for shots, steps in conditions:
         cells = ["-" if grid.get((a, shots, steps)) is None else _cell(grid[(a, shots, steps)]) for a in algorithms]
@@ -283,7 +291,8 @@ def markdown_report(rows: list[dict[str, Any]]) -> str:
     parts = []
     for group in groups:
         speakers = next(r["speakers"] for r in rows if r.get("group", "all") == group)
-        title = {"all": "All held-out speakers", SEEN_SPEAKERS: "Training speakers, new sentences"}.get(group, f"Held-out speakers, {group}")
+        titles = {"all": "All held-out speakers", SEEN_SPEAKERS: "Training speakers, new sentences"}
+        title = titles.get(group, f"Held-out speakers, {group}")
         parts.append(f"**{title}** ({speakers} speakers)\n\n{markdown_table(rows, group)}")
     budgets = {r["algorithm"]: r for r in rows if "train_seconds" in r}
     summary = headline_text(headline(rows))

@@ -16,8 +16,12 @@ from torch import Tensor
 
 from metaspeech.audio import load_audio
 from metaspeech.batch import TaskBatch
-from metaspeech.checkpoint_io import CheckpointError, load_checkpoint_file, read_metaspeech_section
-from metaspeech.checkpoint_io import save_atomically  # noqa: F401 -- re-exported: adaptation files are saved with it
+from metaspeech.checkpoint_io import (
+    CheckpointError,
+    load_checkpoint_file,
+    read_metaspeech_section,
+    save_atomically,  # noqa: F401 -- re-exported: adaptation files are saved with it
+)
 from metaspeech.errors import DataError
 from metaspeech.features import FeatureConfig, FeatureExtractor
 from metaspeech.module import MetaSpeechModule

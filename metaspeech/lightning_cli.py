@@ -316,7 +316,9 @@ def _differences(given: Any, recorded: Any, prefix: str = "") -> Iterator[tuple[
     elif isinstance(given, str) and prefix.endswith("class_path") and isinstance(recorded, str):
         if given.rsplit(".", 1)[-1] != recorded.rsplit(".", 1)[-1] or ("." in given and import_class(given) is not import_class(recorded)):
             yield prefix, recorded
-    elif given != recorded and not (isinstance(given, (list, tuple)) and isinstance(recorded, (list, tuple)) and list(given) == list(recorded)):
+    elif given != recorded and not (
+        isinstance(given, (list, tuple)) and isinstance(recorded, (list, tuple)) and list(given) == list(recorded)
+    ):
         yield prefix, recorded
 
 

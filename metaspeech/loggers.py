@@ -8,7 +8,6 @@ tables as CSV files next to their metrics.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,7 +19,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from metaspeech.evaluation import AdaptationReport
+from metaspeech.evaluation import AdaptationReport, write_csv
 
 
 def wandb_has_credentials() -> bool:
@@ -122,7 +121,9 @@ def log_adaptation_report(
             write_report_tables(Path(logger.log_dir) / "tables", report)
 
 
-def log_report_to_wandb(logger: _LightningWandbLogger, report: AdaptationReport, clips: list[tuple[np.ndarray, str]], sample_rate: int) -> None:
+def log_report_to_wandb(
+    logger: _LightningWandbLogger, report: AdaptationReport, clips: list[tuple[np.ndarray, str]], sample_rate: int
+) -> None:
     """``test/<table>`` tables, the ``test/wer_vs_steps`` line chart (one line per k), ``test/audio_examples``."""
     import wandb
 
@@ -145,11 +146,4 @@ def log_report_to_wandb(logger: _LightningWandbLogger, report: AdaptationReport,
 def write_report_tables(directory: Path, report: AdaptationReport) -> dict[str, Path]:
     """Each table of :func:`report_tables` as ``<directory>/test_<table>.csv``."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, rows in report_tables(report).items():
-        paths[name] = directory / f"test_{name}.csv"
-        with paths[name].open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["k"])
-            writer.writeheader()
-            writer.writerows(rows)
-    return paths
+    return {name: write_csv(directory / f"test_{name}.csv", rows, empty_header=["k"]) for name, rows in report_tables(report).items()}

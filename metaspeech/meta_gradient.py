@@ -1,4 +1,5 @@
-"""The meta-gradient of one outer step, computed ``tasks_per_chunk`` tasks at a time.
+"""The pieces of one outer step that :meth:`MetaSpeechModule.training_step` puts together: task chunks, the
+plugin's outer result as a value, finiteness checks and gradient sync.
 
 Why chunks: second-order inner loops hold every task's double-backward graph until the
 backward. Backpropagating each chunk's share of the loss (``loss_chunk * T_chunk / T``)
@@ -6,22 +7,26 @@ right away frees its graph, so peak memory falls with the chunk size, and the su
 gradient equals the unchunked one. Without ``tasks_per_chunk`` the whole meta-batch is one
 chunk: one ``manual_backward`` per step. Under DDP every chunk but the last runs under
 Lightning's ``block_backward_sync`` (``no_sync``), so gradients are averaged over ranks once.
-A step that must not reach the weights (a non-finite loss or meta-gradient) raises
-:class:`SkipStep`; the module counts it and, under fp16, backs off the loss scale.
+
+Nothing here calls back into the module or raises to skip a step: a step that must not reach
+the weights is a value (:class:`ChunkResult` without a result, :func:`non_finite_gradient`'s
+reason) and the module decides.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Iterable
+from dataclasses import dataclass
+from typing import ContextManager, Iterable
 
 import torch
 from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from torch import Tensor
 
-from metaspeech.algorithms.base import NonFiniteLossError, OuterResult
+from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterResult
 from metaspeech.batch import MetaBatch
 from metaspeech.errors import ConfigError
+from metaspeech.learner import Learner
 
 
 def check_chunk_size(tasks_per_chunk: int | None) -> int | None:
@@ -31,61 +36,46 @@ def check_chunk_size(tasks_per_chunk: int | None) -> int | None:
     return tasks_per_chunk
 
 
-class SkipStep(Exception):
-    """This outer step must not reach the weights, on every rank; the message says why (empty when another rank
-    or a non-finite outer loss without a diagnosis decided it)."""
-
-
-def backward_in_chunks(
-    batch: MetaBatch,
-    tasks_per_chunk: int | None,
-    outer_loss: Callable[[MetaBatch], OuterResult],
-    backward: Callable[[Tensor], None],
-    strategy: Strategy,
-) -> OuterResult:
-    """Outer loss and meta-gradient of ``batch``, ``outer_loss(chunk)`` (the plugin's) backpropagated by ``backward``
-    (the LightningModule's ``manual_backward``).
-
-    Raises :class:`SkipStep` on every rank when a chunk's inner loop raised :class:`NonFiniteLossError` or its
-    outer loss is not finite on any rank: the ranks decide together, so they stay in step.
-    """
+def task_chunks(batch: MetaBatch, tasks_per_chunk: int | None) -> list[tuple[MetaBatch, float]]:
+    """The chunks of ``batch`` and each one's share of its tasks (the whole batch and 1.0 without chunks)."""
     chunks = batch.chunks(tasks_per_chunk) if tasks_per_chunk else [batch]
-    results = []
-    for index, chunk in enumerate(chunks):
-        result, why = _outer_result(chunk, outer_loss)
-        finite = result is not None and bool(torch.isfinite(result.loss))
-        if not strategy.reduce_boolean_decision(finite, all=True):
-            raise SkipStep(why)
-        weight = chunk.num_tasks / batch.num_tasks
-        last = index == len(chunks) - 1
-        with nullcontext() if last else without_gradient_sync(strategy):
-            backward(result.loss * weight)  # weight 1.0 without chunks
-        results.append((result, weight))
-    return OuterResult.merge(results)
+    return [(chunk, chunk.num_tasks / batch.num_tasks) for chunk in chunks]
 
 
-def _outer_result(chunk: MetaBatch, outer_loss: Callable[[MetaBatch], OuterResult]) -> tuple[OuterResult | None, str]:
-    """The chunk's outer result, or None and why (naming the tasks) when its inner loop was not finite."""
+@dataclass
+class ChunkResult:
+    """The plugin's outer result of one chunk, or None and why not (a non-finite inner loop or outer loss)."""
+
+    result: OuterResult | None
+    why: str = ""
+
+    @property
+    def finite(self) -> bool:
+        return self.result is not None and bool(torch.isfinite(self.result.loss))
+
+
+def outer_result(algorithm: MetaAlgorithm, learner: Learner, chunk: MetaBatch, loss_scale: float) -> ChunkResult:
+    """``algorithm.outer_loss`` of ``chunk``; a non-finite inner loop or outer loss is named (with the chunk's tasks)."""
     try:
-        return outer_loss(chunk), ""
+        result = algorithm.outer_loss(learner, chunk, loss_scale=loss_scale)
     except NonFiniteLossError as err:
-        return None, f"{err} (tasks {[chunk.tasks[t] for t in err.tasks if t < len(chunk.tasks)]})"
+        return ChunkResult(None, f"{err} (tasks {[chunk.tasks[t] for t in err.tasks if t < len(chunk.tasks)]})")
+    return ChunkResult(result, "" if bool(torch.isfinite(result.loss)) else f"non-finite outer loss {float(result.loss.detach())}")
 
 
-def check_finite_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Raise :class:`SkipStep` when the meta-gradient is not finite.
+def non_finite_gradient(parameters: Iterable[torch.nn.Parameter]) -> str:
+    """Why the meta-gradient must not reach the weights ("" when it may).
 
-    A finite loss can still have a NaN/inf gradient, which must not reach the weights (under fp16
-    the GradScaler skips such a step itself). Gradients are averaged over ranks already, so
-    every rank decides alike.
+    A finite loss can still have a NaN/inf gradient (under fp16 the GradScaler skips such a
+    step itself). Gradients are averaged over ranks already, so every rank decides alike.
     """
-    if not bool(torch.isfinite(gradient_norm(parameters))):
-        raise SkipStep("non-finite meta-gradient")
+    norm = gradient_norm(parameters)
+    return "" if bool(torch.isfinite(norm)) else f"non-finite meta-gradient (norm {float(norm)})"
 
 
-def without_gradient_sync(strategy: Strategy) -> ContextManager[None]:
-    """Lightning's ``no_sync`` for parallel strategies; nothing to block on one device."""
-    return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext()
+def gradient_sync(strategy: Strategy, last: bool) -> ContextManager[None]:
+    """Average gradients over ranks on the ``last`` chunk's backward only: Lightning's ``no_sync`` before it."""
+    return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) and not last else nullcontext()
 
 
 def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> Tensor:

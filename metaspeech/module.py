@@ -1,10 +1,12 @@
 """``MetaSpeechModule``: the outer loop of meta-learning as a LightningModule, and test-time adaptation.
 
 One training step is one meta-batch of T speaker-tasks: the plugin adapts on every support set and returns one
-outer loss; the module backpropagates it once (per task chunk, :mod:`~metaspeech.meta_gradient`), skips non-finite
-steps, passes the fp16 loss scale in (:mod:`~metaspeech.loss_scaling`), steps and logs. Dropout draws from a generator
-seeded by ``(run seed, global step, skipped steps, rank)``, so a resumed run repeats the uninterrupted one. ``adapt``
-and ``transcribe`` are the test-time API (:mod:`~metaspeech.adapter`); the test protocol is :mod:`~metaspeech.protocol`.
+outer loss; :meth:`MetaSpeechModule.training_step` backpropagates it once per task chunk
+(:mod:`~metaspeech.meta_gradient`), skips non-finite steps (and stops after ``max_consecutive_skips`` in a row),
+passes the fp16 loss scale in (:mod:`~metaspeech.loss_scaling`), clips, steps and logs. Dropout draws from a
+generator seeded by ``(run seed, global step, skipped steps, rank)``, so a resumed run repeats the uninterrupted
+one. ``adapt`` and ``transcribe`` are the test-time API (:mod:`~metaspeech.adapter`); the test protocol is
+:mod:`~metaspeech.protocol`.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
-from metaspeech.evaluation import AdaptationReport, word_errors
+from metaspeech.errors import ConfigError, TrainingStalledError
+from metaspeech.evaluation import word_errors
 from metaspeech.features import FeatureConfig
 from metaspeech.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
-from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_size, check_finite_gradients, gradient_norm
-from metaspeech.models.recognizer import Recognizer
+from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
+from metaspeech.models.recognizer import Recognizer, check_recognizer
 from metaspeech.oracle import OracleFit, SpeakerOracle
+from metaspeech.predictions import HypothesisWriter
 from metaspeech.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
 from metaspeech.randomness import seeded_rng
 from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_objects
@@ -69,6 +73,8 @@ class MetaSpeechModule(L.LightningModule):
             (:class:`~metaspeech.selection.TestTimeSelection`); the choice replaces ``test_time``.
         freeze_body: meta-train only the adaptation machinery: the adapted scope's init and the plugin's
             meta-parameters (learned rates, a hypernetwork). Every other recognizer weight stays as loaded.
+        max_consecutive_skips: stop the fit with a :class:`~metaspeech.errors.TrainingStalledError` after this
+            many non-finite outer steps in a row (a run that cannot make progress must not run forever).
     """
 
     def __init__(
@@ -79,10 +85,12 @@ class MetaSpeechModule(L.LightningModule):
         augmentation: EpisodeAugmentation | None = None, adaptation_guard: str = "none", tasks_per_chunk: int | None = None,
         oracle: SpeakerOracle | None = None, test_time: TestTimeAdaptation | None = None,
         test_time_selection: TestTimeSelection | None = None, freeze_body: bool = False,
+        max_consecutive_skips: int = 20,
     ) -> None:
         super().__init__()
         check_decay(lr_decay)
         check_chunk_size(tasks_per_chunk)
+        check_recognizer(recognizer)
         check_positive("model.lr", lr, "the outer (meta) optimizer's learning rate, e.g. 0.001")
         check_positive("model.max_grad_norm", max_grad_norm, "or null for no clipping")
         check_at_least("model.warmup_steps", warmup_steps, 0)
@@ -90,11 +98,13 @@ class MetaSpeechModule(L.LightningModule):
         check_at_least("model.val_steps", val_steps, 0)
         check_at_least("model.test_shots", test_shots, 1)
         check_at_least("model.test_steps", test_steps, 0)
-        # Evaluation and output settings are not model hyperparameters: a checkpoint must not
-        # override them when a user tests it with other shots, steps or an output folder.
+        if max_consecutive_skips < 1:
+            raise ConfigError(f"model.max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
+        # Evaluation, output and run-control settings are not model hyperparameters: a checkpoint must not
+        # override them when a user tests it with other shots, steps or an output folder, or resumes it.
         self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir",
                                           "init_from", "augmentation", "adaptation_guard", "oracle",
-                                          "test_time", "test_time_selection"])
+                                          "test_time", "test_time_selection", "max_consecutive_skips"])
         self.automatic_optimization = False
         self.model, self.algorithm, self.augmentation = recognizer, algorithm, augmentation
         self.tasks_per_chunk, self.results_dir, self.init_from = tasks_per_chunk, results_dir, init_from
@@ -110,9 +120,10 @@ class MetaSpeechModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.feature_config = FeatureConfig()
         self.skipped_steps = 0
+        self.max_consecutive_skips = max_consecutive_skips
+        self.consecutive_skips = 0  # skips since the last optimizer step; not checkpointed
         self.rng_seed: int | None = None  # base seed of training-step randomness; set at fit start or from a checkpoint
         self._initialized_from: str | None = None
-        self.last_report: AdaptationReport | None = None  # set by the report callback when a test ends
         self.protocol_settings: dict[str, Any] = {}  # choices made for the test protocol (e.g. on meta-val), reported
 
     # ----------------------------------------------------------------- setup
@@ -130,9 +141,10 @@ class MetaSpeechModule(L.LightningModule):
         self.tokenizer, self.feature_config = tokenizer, features
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The test report (:mod:`metaspeech.reporting`) and the run configuration log, unless a fit installed them."""
+        """The test report (:mod:`metaspeech.reporting`), the predict writer (:mod:`metaspeech.predictions`) and the
+        run configuration log, unless a fit installed them."""
         installed = {type(c) for c in self.trainer.callbacks}
-        return [kind() for kind in (AdaptationReportWriter, RunConfigLogger) if kind not in installed]
+        return [kind() for kind in (AdaptationReportWriter, HypothesisWriter, RunConfigLogger) if kind not in installed]
 
     def configure_optimizers(self) -> dict[str, Any]:
         trained = self.parameters()
@@ -148,36 +160,49 @@ class MetaSpeechModule(L.LightningModule):
 
     # -------------------------------------------------------------- training
     def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
+        """One outer step, in order: task chunks, one backward per chunk, skip decision, fp16 loss scale, clip,
+        optimizer step, log. Gradient norm and clipping run in :meth:`on_before_optimizer_step`, which
+        Lightning calls inside ``optimizer.step()`` after unscaling fp16 gradients."""
         with self._step_rng():
-            optimizer, scaler = self.optimizers(), grad_scaler(self._trainer)
+            optimizer, scaler, strategy = self.optimizers(), grad_scaler(self._trainer), self.trainer.strategy
             # Clear gradients before the plugin runs: a plugin may write ``.grad`` by hand in
             # ``outer_loss`` (then calling ``MetaAlgorithm.all_reduce_gradients``); those must survive.
             optimizer.zero_grad(set_to_none=True)
             if self.augmentation is not None:
                 batch = self.augmentation(batch)  # inside the step's seeded RNG: reproducible, resumes exactly
-            outer_loss = partial(self.algorithm.outer_loss, self.learner, loss_scale=loss_scale(scaler))
-            try:
-                result = backward_in_chunks(batch, self.tasks_per_chunk, outer_loss, self.manual_backward, self.trainer.strategy)
-                if scaler is None:  # under fp16 the GradScaler skips a non-finite step itself
-                    check_finite_gradients(self.parameters())
-            except SkipStep as skip:
-                self._skip_step(scaler, str(skip))
-                return
-            optimizer.step()  # gradient norm and clipping: on_before_optimizer_step, after fp16 unscaling
+            chunks, results = task_chunks(batch, self.tasks_per_chunk), []
+            for index, (chunk, weight) in enumerate(chunks):
+                outcome = outer_result(self.algorithm, self.learner, chunk, loss_scale(scaler))
+                if not strategy.reduce_boolean_decision(outcome.finite, all=True):  # the ranks skip together
+                    return self._skip_step(scaler, outcome.why or "a non-finite outer step on another rank")
+                with gradient_sync(strategy, last=index == len(chunks) - 1):
+                    self.manual_backward(outcome.result.loss * weight)  # weight 1.0 without chunks
+                results.append((outcome.result, weight))
+            why = non_finite_gradient(self.parameters()) if scaler is None else ""  # fp16: GradScaler skips itself
+            if why:
+                return self._skip_step(scaler, why)
+            optimizer.step()  # fp16 unscaling, then on_before_optimizer_step (norm, clip), then the step
             self.lr_schedulers().step()
-            self._log_training(batch, result, batch_idx)
+            self.consecutive_skips = 0
+            self._log_training(batch, OuterResult.merge(results), batch_idx)
 
     def _step_rng(self) -> ContextManager[None]:
         return seeded_rng(f"train-step:{self.rng_seed}:{self.global_step}:{self.skipped_steps}:{self.global_rank}", self.device)
 
     def _skip_step(self, scaler: torch.amp.GradScaler | None, why: str) -> None:
-        """Skip this outer step (every rank decides alike); under fp16 also back off the loss scale, as GradScaler does."""
-        if why:
-            self.print(f"skipping outer step {self.global_step}: {why}")
+        """Skip this outer step (every rank decides alike); under fp16 also back off the loss scale, as GradScaler
+        does. Stop the run after ``max_consecutive_skips`` skips in a row: it cannot make progress."""
+        self.print(f"skipping outer step {self.global_step}: {why}")
         self.skipped_steps += 1
+        self.consecutive_skips += 1
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
         if scaler is not None:
             back_off(scaler)
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            raise TrainingStalledError(
+                f"outer step {self.global_step} was skipped {self.consecutive_skips} times in a row (the last: {why}); "
+                f"lower model.algorithm.init_args.inner_lr (or model.lr), or set trainer.precision=32 "
+                f"if it is 16-mixed; the last checkpoint saved before this step is kept")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the gradient norm and clip: Lightning calls this after unscaling fp16 gradients."""
@@ -274,6 +299,16 @@ class MetaSpeechModule(L.LightningModule):
         accent = evaluate_accent_oracle(item, self._accent_mates.get(item.task, []),
                                         partial(self.adapter.accent_oracle, self.oracle, tokenizer=self.tokenizer))
         return TaskScores(records, evaluator.seconds, oracle, scopes, accent)
+
+    def predict_step(self, item: EvaluationBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """Adapt to one held-out speaker on ``max(test_shots)`` utterances of its adaptation pool (at most the pool)
+        for ``max(test_steps)`` inner steps; one row per evaluation utterance, written by
+        :class:`~metaspeech.predictions.HypothesisWriter`."""
+        shots, steps = min(max(self.test_shots), item.pool.examples_per_task), max(self.test_steps)
+        hypotheses = self.transcribe(item.evaluation, self.adapt(item.pool.take(shots), steps))[0]
+        return [{"speaker": item.task, "id": utterance, "reference": reference, "hypothesis": hypothesis,
+                 "shots": shots, "steps": steps}
+                for utterance, reference, hypothesis in zip(item.evaluation.ids[0], item.evaluation.texts[0], hypotheses)]
 
     # ------------------------------------------------------------ checkpoints: the metaspeech section
     on_save_checkpoint = save_module_section

@@ -2,7 +2,7 @@
 
 Why: after the shared start, every algorithm of ``metaspeech demo`` / ``compare`` is an
 independent fit + test. The recognizer is small, so one run cannot keep several cores busy
-(two threads are only ~1.6x faster than one on the test protocol, BENCHMARKS.md §3), and two
+(two threads are only ~1.6x faster than one on the test protocol, BENCHMARKS.md §2), and two
 one-thread runs side by side finish sooner than the same runs one after the other with two
 threads each. A run does exactly what it does alone (:func:`~metaspeech.experiment.run_one`,
 the same YAML); only its thread count changes, which moves float sums in the last digits.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+
 import torch
 from torch import Tensor, nn
 

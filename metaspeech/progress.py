@@ -17,8 +17,7 @@ from typing import Any, Callable, Iterator
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 class MetaTrainingProgressBar(RichProgressBar):

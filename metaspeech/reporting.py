@@ -4,7 +4,8 @@ Why a Callback: the LightningModule's ``test_step`` only runs the k x s protocol
 (:class:`~metaspeech.protocol.AdaptationEvaluator`) and returns its :class:`TaskScores`.
 Everything around it is reporting: refusing shot counts the adaptation pools cannot supply
 before any speaker is adapted, collecting the scores, gathering them from every DDP rank,
-building the :class:`~metaspeech.evaluation.AdaptationReport` (``module.last_report``) and
+building the :class:`~metaspeech.evaluation.AdaptationReport` (the callback's ``report``, read with
+:func:`last_test_report`) and
 logging ``test/wer_k*_s*``; on rank 0 the console table, the JSON/CSV files, the logger tables
 and the audio examples. The module installs :class:`AdaptationReportWriter` by default
 (``configure_callbacks``), so every Trainer writes the same outputs.
@@ -28,6 +29,12 @@ from metaspeech.evaluation import AdaptationReport, UtteranceRecord
 from metaspeech.loggers import log_adaptation_report
 
 T = TypeVar("T")
+
+
+def last_test_report(trainer: L.Trainer) -> AdaptationReport | None:
+    """The adaptation report of ``trainer``'s last ``test`` (None before one): its :class:`AdaptationReportWriter`'s."""
+    writers = [c for c in trainer.callbacks if isinstance(c, AdaptationReportWriter)]
+    return writers[0].report if writers else None
 
 
 class TaskScores(NamedTuple):
@@ -63,6 +70,7 @@ class AdaptationReportWriter(Callback):
 
     def __init__(self) -> None:
         self.scores: list[TaskScores] = []
+        self.report: AdaptationReport | None = None  # of the last test, on every rank
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         data = trainer.datamodule
@@ -79,7 +87,7 @@ class AdaptationReportWriter(Callback):
             )
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.scores = []
+        self.scores, self.report = [], None
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -98,8 +106,8 @@ class AdaptationReportWriter(Callback):
             scopes = Counter(gather_objects(trainer, [scope for s in self.scores for scope in s.oracle_scopes]))
             settings["oracle"] = {**pl_module.oracle.describe(), "chosen_scopes": dict(scopes)}
         accent_oracle = gather_objects(trainer, [r for s in self.scores for r in s.accent_oracle])
-        report = AdaptationReport(records, seconds, groups=groups, settings=settings, oracle=oracle, accent_oracle=accent_oracle)
-        pl_module.last_report = report
+        report = self.report = AdaptationReport(records, seconds, groups=groups, settings=settings, oracle=oracle,
+                                                accent_oracle=accent_oracle)
         for c in report.conditions():
             pl_module.log(f"test/wer_k{c.shots}_s{c.steps}", c.wer, rank_zero_only=True)
             pl_module.log(f"test/cer_k{c.shots}_s{c.steps}", c.cer, rank_zero_only=True)
@@ -112,7 +120,7 @@ class AdaptationReportWriter(Callback):
             pl_module.log("test/accent_oracle_wer", wer, rank_zero_only=True)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        report: AdaptationReport | None = pl_module.last_report
+        report = self.report
         if report is None:
             return
         directory = self.results_dir(trainer, pl_module)  # on every rank: Trainer.log_dir is a broadcast

@@ -13,26 +13,14 @@ then skips or rejects them under the one bad-input policy.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from metaspeech.datamodules.corpora._common import CorpusLayoutError
 from metaspeech.datamodules.corpora.common_voice import load_common_voice
 from metaspeech.datamodules.corpora.jsonl import load_jsonl_manifest
 from metaspeech.datamodules.corpora.librispeech import load_librispeech
 from metaspeech.datamodules.corpora.timit import load_timit
 from metaspeech.datamodules.corpora.vctk import load_vctk
-from metaspeech.manifest import Utterance
-
-CORPUS_LOADERS: dict[str, Callable[..., list[Utterance]]] = {
-    "librispeech": load_librispeech,
-    "vctk": load_vctk,
-    "common_voice": load_common_voice,
-    "timit": load_timit,
-    "manifest": load_jsonl_manifest,
-}
 
 __all__ = [
-    "CORPUS_LOADERS",
     "CorpusLayoutError",
     "load_common_voice",
     "load_jsonl_manifest",

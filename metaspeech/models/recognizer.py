@@ -10,16 +10,38 @@ protocol work for any recognizer unchanged (docs/architecture.md, "Add a recogni
 
 from __future__ import annotations
 
-from torch import Tensor
+import inspect
 
+from torch import Tensor, nn
+
+from metaspeech.errors import ConfigError
 from metaspeech.models.staged import StagedModel
+
+CONSTRUCTOR_ARGUMENTS = ("vocab_size", "input_dim")
+"""Set from the data module by the CLI (``data.vocab_size``, ``data.feature_dim``): every recognizer takes them."""
+HEAD_STAGE = "head"
+"""The output stage: the ``head`` scope preset adapts ``stages.head.*``."""
+
+
+class RecognizerContractError(ConfigError):
+    """A configured recognizer lacks part of the :class:`Recognizer` contract; the message names what."""
 
 
 class Recognizer(StagedModel):
     """Base class: a :class:`StagedModel` with :meth:`loss` and :meth:`decode`.
 
-    Both read the model's output state (what the last stage returns, flattened over tasks:
-    leading dimension ``N = T * B``), so they never run the model themselves.
+    The contract, checked by :func:`check_recognizer` when a module is built:
+
+    - the constructor takes ``vocab_size`` and ``input_dim`` (:data:`CONSTRUCTOR_ARGUMENTS`);
+    - ``stages`` is an ordered ``nn.ModuleDict`` of ``(x, lengths) -> (x, lengths)`` stages, one of them
+      named ``head`` (:data:`HEAD_STAGE`), and every parameter lives in a stage (``stages.<name>.``): the
+      :class:`~metaspeech.learner.Learner` caches the stages below the first adapted parameter;
+    - :meth:`loss` and :meth:`decode` are defined;
+    - for the default scope (``[lin, lhuc, head]``) it has LIN and LHUC layers
+      (:mod:`metaspeech.models.layers`); other scopes need only what they name.
+
+    :meth:`loss` and :meth:`decode` read the model's output state (what the last stage returns, flattened
+    over tasks: leading dimension ``N = T * B``), so they never run the model themselves.
     """
 
     def loss(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
@@ -34,3 +56,27 @@ class Recognizer(StagedModel):
     def decode(self, output: tuple[Tensor, ...]) -> list[list[int]]:
         """Token ids of each utterance, ``N`` lists, from the output state (the tokenizer turns them into text)."""
         raise NotImplementedError(f"{type(self).__name__} does not define its decoder")
+
+
+def check_recognizer(model: nn.Module) -> None:
+    """Raise :class:`RecognizerContractError`, one line naming every missing part, unless ``model`` keeps the
+    :class:`Recognizer` contract."""
+    name = type(model).__name__
+    if not isinstance(model, Recognizer):
+        raise RecognizerContractError(f"model.recognizer {name} is not a metaspeech.models.Recognizer: subclass it "
+                                      "(docs/architecture.md, 'Add a recognizer')")
+    signature = inspect.signature(type(model).__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+    missing = [f"constructor argument {a!r}" for a in CONSTRUCTOR_ARGUMENTS if a not in signature and not takes_any]
+    stages = getattr(model, "stages", None)
+    if not isinstance(stages, nn.ModuleDict):
+        missing.append("a 'stages' nn.ModuleDict")
+    elif HEAD_STAGE not in stages:
+        missing.append(f"a {HEAD_STAGE!r} stage (has {list(stages)})")
+    outside = [n for n, _ in model.named_parameters() if not n.startswith("stages.")]
+    if outside:
+        missing.append(f"parameters inside stages (not {outside[:3]})")
+    missing += [f"a {method}() method" for method in ("loss", "decode") if getattr(type(model), method) is getattr(Recognizer, method)]
+    if missing:
+        raise RecognizerContractError(f"model.recognizer {name} lacks {'; '.join(missing)} (the Recognizer contract, "
+                                      "docs/architecture.md, 'Add a recognizer')")

@@ -7,7 +7,6 @@ import torch
 
 from metaspeech.algorithms import FOMAML, MAML, HyperInit, JointTraining, MetaSGD, Reptile
 from metaspeech.learner import Learner
-
 from metaspeech.toy import SineMLP, mse_loss, sine_meta_batch
 
 ALGORITHMS = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from benchmarks import protocol_speed
 from metaspeech.algorithms import FOMAML
 from metaspeech.oracle import SpeakerOracle

@@ -125,7 +125,8 @@ def common_voice_root(tmp_path: Path) -> Path:
 
 # ------------------------------------------------------------------ TIMIT
 TIMIT = {  # (split dir, dialect dir, speaker dir) -> [(sentence, text)]
-    ("TRAIN", "DR1", "FCJF0"): [("SA1", "She had your dark suit in greasy wash water all year."), ("SI1027", "Even then, if she took one step forward.")],
+    ("TRAIN", "DR1", "FCJF0"): [("SA1", "She had your dark suit in greasy wash water all year."),
+                                ("SI1027", "Even then, if she took one step forward.")],
     ("TRAIN", "DR2", "MARC0"): [("SX286", "Straw hats are out of fashion this year.")],
     ("TEST", "DR8", "MSLB0"): [("SA2", "Don't ask me to carry an oily rag like that.")],
 }

@@ -11,7 +11,6 @@ from metaspeech.datamodules.collate import (
     MetaBatchCollator,
     collate_evaluation_task,
     collate_tasks,
-    evaluation_chunks,
 )
 from metaspeech.datamodules.dataset import UtteranceDataset, UtteranceItem
 from metaspeech.datamodules.sampler import SpeakerEpisodeSampler, make_evaluation_tasks
@@ -126,7 +125,7 @@ def test_lightning_set_epoch_reaches_the_batch_sampler(dataset: UtteranceDataset
     assert sampler.epoch == 5
 
 
-def test_collate_evaluation_task_and_chunks(dataset: UtteranceDataset) -> None:
+def test_collate_evaluation_task(dataset: UtteranceDataset) -> None:
     task = make_evaluation_tasks(speakers(), pool_size=2, eval_size=None, seed=0)[1]
     item = collate_evaluation_task(dataset, task)
     pool, evaluation = item.pool, item.evaluation
@@ -134,10 +133,6 @@ def test_collate_evaluation_task_and_chunks(dataset: UtteranceDataset) -> None:
     assert (pool.num_tasks, pool.examples_per_task) == (1, 2)
     assert (evaluation.num_tasks, evaluation.examples_per_task) == (1, PER_SPEAKER - 2)
     assert not set(pool.ids[0]) & set(evaluation.ids[0])
-    chunks = list(evaluation_chunks(dataset, task, chunk_size=3))
-    assert [c.examples_per_task for c in chunks] == [3, 1]
-    assert [i for c in chunks for i in c.ids[0]] == evaluation.ids[0]
-    assert chunks[1].inputs[0].shape[2] == int(chunks[1].inputs[1].max())  # padded to its own longest
 
 
 def test_the_oracle_pool_holds_the_few_shot_pool_and_more_never_the_evaluation_set(dataset: UtteranceDataset) -> None:

@@ -168,10 +168,3 @@ def test_evaluation_sharding_is_complete_without_duplicates() -> None:
     assert [len(shard) for shard in shards] == [3, 3, 2, 2, 2]  # uneven, no padding
     by_name = {t.name: t for t in single}
     assert all(t == by_name[t.name] for shard in shards for t in shard)
-
-
-def test_evaluation_chunks_cover_the_evaluation_set() -> None:
-    task = make_evaluation_tasks(TASKS, pool_size=2, eval_size=None, seed=0)[0]
-    chunks = task.evaluation_chunks(3)
-    assert [row for chunk in chunks for row in chunk] == task.evaluation
-    assert all(1 <= len(chunk) <= 3 for chunk in chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from metaspeech.datamodules.seen_speakers import SEEN_GROUP
+from metaspeech.reporting import last_test_report
 
 
 def test_seen_speakers_are_scored_on_sentences_removed_from_meta_training(tiny_data) -> None:
@@ -37,7 +38,9 @@ def test_the_report_has_a_row_for_seen_speakers(tiny_data, tiny_module, tiny_tra
     from metaspeech.algorithms import FOMAML
 
     module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1], test_steps=[0, 1], results_dir=str(tmp_path))
-    tiny_trainer().test(module, datamodule=tiny_data(seen_speakers=2, seen_sentences=3), verbose=False)
-    assert SEEN_GROUP in module.last_report.group_names()
-    assert module.last_report.subset(SEEN_GROUP).conditions()[0].speakers == 2
-    assert module.last_report.conditions()[0].speakers == 3  # the headline rows: held-out speakers only
+    trainer = tiny_trainer()
+    trainer.test(module, datamodule=tiny_data(seen_speakers=2, seen_sentences=3), verbose=False)
+    report = last_test_report(trainer)
+    assert SEEN_GROUP in report.group_names()
+    assert report.subset(SEEN_GROUP).conditions()[0].speakers == 2
+    assert report.conditions()[0].speakers == 3  # the headline rows: held-out speakers only

@@ -9,7 +9,12 @@ import torch
 
 from metaspeech.algorithms import FOMAML
 from metaspeech.checkpoint_io import (
-    SECTION, CheckpointError, MetaSpeechSection, load_checkpoint_file, load_recognizer_weights, read_metaspeech_section,
+    SECTION,
+    CheckpointError,
+    MetaSpeechSection,
+    load_checkpoint_file,
+    load_recognizer_weights,
+    read_metaspeech_section,
 )
 from metaspeech.errors import ConfigError
 from metaspeech.features import FeatureConfig

@@ -95,6 +95,17 @@ def test_fit_and_test_exit_0_and_test_rebuilds_the_model_from_the_checkpoint(fit
     assert "LightningCLI's args parameter" not in test.stderr
 
 
+def test_predict_writes_each_held_out_speakers_adapted_transcripts(fitted, corpus_root, feature_cache, tmp_path) -> None:
+    predict = run("predict", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), *QUIET,
+                  f"--model.results_dir={tmp_path}", f"--ckpt_path={fitted[1]}")
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    assert f"hypotheses written to {tmp_path / 'hypotheses.jsonl'}" in predict.stdout
+    rows = [json.loads(line) for line in (tmp_path / "hypotheses.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 4  # the tiny corpus's 3 test speakers x eval_size 4
+    assert {(r["shots"], r["steps"]) for r in rows} == {(5, 3)}  # the largest k and s of configs/data/embedded_tiny.yaml
+    assert all(isinstance(r["hypothesis"], str) and r["reference"] and r["id"].startswith(r["speaker"]) for r in rows)
+
+
 def test_an_override_that_contradicts_the_checkpoint_is_refused(fitted, corpus_root, feature_cache) -> None:
     result = run("test", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), *QUIET,
                  "--model.recognizer.init_args.hidden_dim=64", f"--ckpt_path={fitted[1]}")

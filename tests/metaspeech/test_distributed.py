@@ -11,7 +11,6 @@ subprocess smoke test of the ``metaspeech`` command.
 from __future__ import annotations
 
 import json
-
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from torch import nn
 
 from metaspeech.algorithms import FOMAML, MAML, MetaAlgorithm, Reptile
 from metaspeech.oracle import SpeakerOracle
+from metaspeech.reporting import last_test_report
 from metaspeech.selection import TestTimeSelection
 from metaspeech.test_time import TestTimeAdaptation
 
@@ -233,7 +233,7 @@ class _TestReport(Callback):
         self.local += sorted({record.task for record in outputs.records})
 
     def on_test_end(self, trainer, pl_module) -> None:
-        report = pl_module.last_report
+        report = last_test_report(trainer)
         torch.save({"local": self.local, "records": [vars(r) for r in report.records], "rows": report.to_rows(),
                     "seconds": dict(report.adaptation_seconds), "groups": dict(report.groups),
                     "choices": {key: report.settings[key] for key in ("test_time_selection", "oracle")}},

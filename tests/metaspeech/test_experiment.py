@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from metaspeech.evaluation import AdaptationReport, score_utterance
 from metaspeech.cli import main
+from metaspeech.evaluation import AdaptationReport, score_utterance
 from metaspeech.experiment import headline, markdown_report, summarize
 from tests.conftest import REPO, TINY_MODEL_ARGS
 
@@ -54,7 +54,8 @@ def test_headline_names_the_best_algorithm_and_compares_the_best_meta_learner_wi
     text = markdown_report(rows)
     assert ("**Headline, all held-out speakers, k = 1, s = 2** (1 seed(s)): the best is joint at 16.7 % WER "
             "(+50.0 % relative vs no adaptation; 0 % of speakers worse; 50 % of the oracle gap closed).") in text
-    assert "The best meta-learner, maml, is not better than joint training + the same fine-tuning: 33.3 vs 16.7 % (-100.0 % relative)." in text
+    expected = "The best meta-learner, maml, is not better than joint training + the same fine-tuning: 33.3 vs 16.7 % (-100.0 % relative)."
+    assert expected in text
     alone = headline(summarize({"maml": {0: _report(2)}}))
     assert alone["best"]["algorithm"] == "maml" and "meta_vs_joint" not in alone
 
@@ -116,7 +117,9 @@ def test_comparison_can_be_rebuilt_from_runs_done_in_parts(tmp_path) -> None:
     assert {(r["algorithm"], r["seeds"]) for r in rows if r["group"] == "all"} == {("maml", 2), ("joint", 1)}
 
 
-def test_demo_side_by_side_gives_the_numbers_of_the_runs_one_after_the_other(corpus_root, feature_cache, tmp_path, monkeypatch, capsys) -> None:
+def test_demo_side_by_side_gives_the_numbers_of_the_runs_one_after_the_other(
+    corpus_root, feature_cache, tmp_path, monkeypatch, capsys
+) -> None:
     """``--workers 2``: FOMAML and joint training in two one-thread processes, after a shared start trained here.
 
     With one thread everywhere the two paths compute the same floats, so every number of the comparison

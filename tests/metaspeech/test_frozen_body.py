@@ -10,7 +10,9 @@ from metaspeech.algorithms import FOMAML, HyperInit, MetaSGD
 
 @pytest.mark.parametrize("algorithm", [FOMAML(inner_steps=1, inner_lr=0.5), MetaSGD(inner_steps=1, inner_lr=0.3, second_order=False),
                                        HyperInit(inner_steps=1, inner_lr=0.5)], ids=["fomaml", "metasgd", "hyperinit"])
-def test_meta_training_with_a_frozen_body_leaves_every_body_parameter_bit_identical(tiny_data, tiny_module, tiny_trainer, algorithm) -> None:
+def test_meta_training_with_a_frozen_body_leaves_every_body_parameter_bit_identical(
+    tiny_data, tiny_module, tiny_trainer, algorithm
+) -> None:
     module = tiny_module(algorithm, freeze_body=True)
     scope = set(module.learner.adapted_names)
     model_before = {name: p.detach().clone() for name, p in module.model.named_parameters()}

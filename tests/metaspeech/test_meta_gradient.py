@@ -1,17 +1,14 @@
-"""One outer step's meta-gradient without a Trainer: chunk weights, the one backward per chunk, skip decisions."""
+"""The pieces of one outer step without a Trainer: chunk weights, the plugin's result as a value, skip reasons."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from metaspeech.algorithms import FOMAML, NonFiniteLossError
 from metaspeech.errors import ConfigError
-from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_size, check_finite_gradients
+from metaspeech.meta_gradient import check_chunk_size, non_finite_gradient, outer_result, task_chunks
 from metaspeech.toy import sine_learner, sine_meta_batch
-
-STRATEGY = SingleDeviceStrategy(device=torch.device("cpu"))
 
 
 def _batch(tasks: int = 5):
@@ -21,48 +18,50 @@ def _batch(tasks: int = 5):
 
 
 def test_chunks_backpropagate_their_task_share_and_sum_to_the_unchunked_gradient() -> None:
-    gradients, weights = {}, []
-    for chunk in (None, 2):
+    gradients = {}
+    for chunk_size in (None, 2):
         torch.manual_seed(0)
         learner, algorithm = sine_learner(), FOMAML(inner_steps=1, inner_lr=0.1)
-
-        def backward(loss: torch.Tensor) -> None:
-            weights.append(chunk)
-            loss.backward()
-
-        result = backward_in_chunks(_batch(), chunk, lambda c: algorithm.outer_loss(learner, c), backward, STRATEGY)
-        assert result.query_losses.shape == (5,)
-        gradients[chunk] = torch.cat([p.grad.flatten() for p in learner.model.parameters()])
-    assert weights == [None, 2, 2, 2]  # one backward without chunks, one per chunk (2 + 2 + 1 tasks)
+        chunks = task_chunks(_batch(), chunk_size)
+        assert [w for _, w in chunks] == ([1.0] if chunk_size is None else [0.4, 0.4, 0.2])  # 2 + 2 + 1 tasks
+        for chunk, weight in chunks:
+            outcome = outer_result(algorithm, learner, chunk, loss_scale=1.0)
+            assert outcome.finite and outcome.why == ""
+            (outcome.result.loss * weight).backward()
+        gradients[chunk_size] = torch.cat([p.grad.flatten() for p in learner.model.parameters()])
     torch.testing.assert_close(gradients[2], gradients[None])
 
 
-def test_a_non_finite_inner_loop_skips_the_step_naming_the_chunks_tasks() -> None:
-    def outer_loss(chunk):
-        if chunk.tasks[0] == "speaker2":
-            raise NonFiniteLossError(0, [1])
-        return FOMAML(inner_steps=1).outer_loss(sine_learner(), chunk)
-
-    with pytest.raises(SkipStep, match=r"task\(s\) \[1\].*\['speaker3'\]"):
-        backward_in_chunks(_batch(), 2, outer_loss, lambda loss: loss.backward(), STRATEGY)
+class _Raises(FOMAML):
+    def outer_loss(self, learner, batch, loss_scale=1.0):
+        raise NonFiniteLossError(0, [1])
 
 
-def test_a_non_finite_outer_loss_skips_the_step_without_a_diagnosis() -> None:
-    def outer_loss(chunk):
-        result = FOMAML(inner_steps=1).outer_loss(sine_learner(), chunk)
+class _NaNLoss(FOMAML):
+    def outer_loss(self, learner, batch, loss_scale=1.0):
+        result = super().outer_loss(learner, batch, loss_scale)
         result.loss = result.loss * float("nan")
         return result
 
-    with pytest.raises(SkipStep, match="^$"):
-        backward_in_chunks(_batch(), None, outer_loss, lambda loss: pytest.fail("backpropagated a NaN loss"), STRATEGY)
+
+def test_a_non_finite_inner_loop_is_named_with_the_chunks_tasks() -> None:
+    chunk = task_chunks(_batch(), 2)[1][0]  # speaker2, speaker3
+    outcome = outer_result(_Raises(inner_steps=1), sine_learner(), chunk, loss_scale=1.0)
+    assert outcome.result is None and not outcome.finite
+    assert "task(s) [1]" in outcome.why and "['speaker3']" in outcome.why
+
+
+def test_a_non_finite_outer_loss_is_not_finite_and_named() -> None:
+    outcome = outer_result(_NaNLoss(inner_steps=1), sine_learner(), _batch(), loss_scale=1.0)
+    assert outcome.result is not None and not outcome.finite
+    assert outcome.why == "non-finite outer loss nan"
 
 
 def test_gradient_and_chunk_size_checks() -> None:
     param = torch.nn.Parameter(torch.zeros(2))
     param.grad = torch.tensor([1.0, float("inf")])
-    with pytest.raises(SkipStep, match="non-finite meta-gradient"):
-        check_finite_gradients([param])
-    check_finite_gradients([torch.nn.Parameter(torch.zeros(1))])  # no gradient at all is fine
+    assert non_finite_gradient([param]) == "non-finite meta-gradient (norm inf)"
+    assert non_finite_gradient([torch.nn.Parameter(torch.zeros(1))]) == ""  # no gradient at all is fine
     assert check_chunk_size(None) is None and check_chunk_size(3) == 3
     with pytest.raises(ConfigError, match="model.tasks_per_chunk"):
         check_chunk_size(0)

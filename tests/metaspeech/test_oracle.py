@@ -10,6 +10,7 @@ import torch
 from metaspeech.algorithms import FOMAML
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord
 from metaspeech.oracle import SpeakerOracle
+from metaspeech.reporting import last_test_report
 
 
 def _record(task: str, shots: int, steps: int, errors: int, words: int = 10) -> UtteranceRecord:
@@ -60,8 +61,9 @@ def test_the_test_report_carries_the_oracle_of_every_held_out_speaker(tiny_data,
     module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 2],
                          oracle=SpeakerOracle(scopes=["head"], max_steps=10, eval_every=5))
     data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
-    tiny_trainer(max_steps=2, limit_val_batches=0).test(module, datamodule=data)
-    report = module.last_report
+    trainer = tiny_trainer(max_steps=2, limit_val_batches=0)
+    trainer.test(module, datamodule=data)
+    report = last_test_report(trainer)
     speakers = {r.task for r in report.records}
     assert {r.task for r in report.oracle} == speakers and {r.shots for r in report.oracle} == {8}
     assert report.settings["oracle"]["chosen_scopes"] == {"head": len(speakers)}
@@ -115,7 +117,8 @@ def test_no_oracle_ever_trains_or_early_stops_on_an_evaluation_utterance(tiny_da
     monkeypatch.setattr(type(data), "task_accents", lambda self, split="test": accents)
     oracle = SpeakerOracle(scopes=["head"], learning_rates=[1e-3, 3e-3], max_steps=4, eval_every=2, accent=True)
     module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1], test_steps=[0, 1], oracle=oracle)
-    tiny_trainer().test(module, datamodule=data, verbose=False)
+    trainer = tiny_trainer()
+    trainer.test(module, datamodule=data, verbose=False)
     test_items, val_items = list(data.test_dataloader()), list(data.val_dataloader())
     evaluation = {u for item in test_items + val_items for u in item.evaluation.ids[0]}
     pools = {item.task: set(item.oracle.ids[0]) for item in test_items}
@@ -127,7 +130,7 @@ def test_no_oracle_ever_trains_or_early_stops_on_an_evaluation_utterance(tiny_da
         target = next(task for task in ("spk016", "spk017") if dev <= pools[task])
         mate = ({"spk016", "spk017"} - {target}).pop()
         assert pools[mate] <= train and train - pools[mate] == pools[target] - dev
-    report = module.last_report
+    report = last_test_report(trainer)
     assert {r.task for r in report.accent_oracle} == {"spk016", "spk017"}
     assert report.settings["oracle"]["chosen_on_meta_val"]["lr"] in (1e-3, 3e-3)
     assert set(report.settings["oracle"]["meta_val_wer"]) == {"head @ 0.001", "head @ 0.003"}

@@ -255,7 +255,9 @@ def test_checkpoints_for_resuming_load_with_weights_only(killed_and_resumed: Sce
 @pytest.mark.parametrize("algorithm, kill_at, max_steps", [
     pytest.param("maml.yaml", 8, 12, marks=pytest.mark.slow), ("reptile.yaml", 6, 9),
 ])
-def test_resume_after_sigkill_other_algorithms_and_a_later_epoch(algorithm, kill_at, max_steps, corpus_root, feature_cache, tmp_path) -> None:
+def test_resume_after_sigkill_other_algorithms_and_a_later_epoch(
+    algorithm, kill_at, max_steps, corpus_root, feature_cache, tmp_path
+) -> None:
     """Second-order MAML and Reptile, killed in the second epoch."""
     s = _run_scenario(corpus_root, feature_cache, tmp_path, algorithm, kill_at=kill_at, max_steps=max_steps)
     assert s.at_kill["EmbeddedCorpus"] == {"epoch": kill_at // BATCHES_PER_EPOCH, "batches_done": kill_at % BATCHES_PER_EPOCH}

@@ -18,7 +18,6 @@ class _Module:
 
     def __init__(self) -> None:
         self.protocol_settings = {"inner_lr_selection": {"eval_inner_lr": 0.5}}
-        self.last_report = None
         self.logged: dict[str, float] = {}
 
     def log(self, name: str, value: float, rank_zero_only: bool = False) -> None:
@@ -48,7 +47,7 @@ def test_the_scores_of_every_task_become_one_report_with_groups_settings_and_met
     for index, scores in enumerate((_scores("a", "the hat"), _scores("b", "a cat"))):
         writer.on_test_batch_end(trainer, module, scores, None, index)
     writer.on_test_epoch_end(trainer, module)
-    report = module.last_report
+    report = writer.report
     assert {r.task for r in report.records} == {"a", "b"} and report.adaptation_seconds == {("a", 1): 2.5, ("b", 1): 2.5}
     assert report.group_names() == ["seen accent", "unseen accent"]
     assert report.settings == module.protocol_settings

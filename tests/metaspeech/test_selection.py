@@ -19,7 +19,9 @@ class DecayingLR(MetaAlgorithm):
         return 0.5 / (1 + step)
 
 
-def test_selection_reads_only_meta_val_picks_the_best_candidate_and_reports_it(tiny_data, tiny_module, tiny_trainer, tmp_path, monkeypatch) -> None:
+def test_selection_reads_only_meta_val_picks_the_best_candidate_and_reports_it(
+    tiny_data, tiny_module, tiny_trainer, tmp_path, monkeypatch
+) -> None:
     selection = TestTimeSelection([TestTimeAdaptation(lr=5e4), TestTimeAdaptation(lr=0.5),
                                    TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3)], steps=[1, 2])
     module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=[1, 3], test_steps=[0, 2], results_dir=str(tmp_path),

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from metaspeech.algorithms import FOMAML
+from metaspeech.reporting import last_test_report
 
 FILE_HEADER = struct.Struct("<4sHB")
 RECORD_HEADER = struct.Struct("<IHB")
@@ -120,7 +121,7 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def fit_and_test(tiny_data, tiny_module, tiny_trainer, tmp_path: Path):
-    """Four FOMAML steps with validation every two, then the test protocol, with ``logger``."""
+    """Four FOMAML steps with validation every two, then the test protocol, with ``logger``; the Trainer."""
 
     def run(logger):
         module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_shots=TEST_SHOTS, test_steps=TEST_STEPS,
@@ -129,7 +130,7 @@ def fit_and_test(tiny_data, tiny_module, tiny_trainer, tmp_path: Path):
         trainer = tiny_trainer(max_steps=4, logger=logger, log_every_n_steps=1, val_check_interval=2, limit_val_batches=1)
         trainer.fit(module, datamodule=data)
         trainer.test(module, datamodule=data, verbose=False)
-        return module
+        return trainer
 
     return run
 
@@ -141,7 +142,7 @@ def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_e
 
     logger = WandbLogger(project="metaspeech-test", save_dir=str(wandb_env / "runs"), offline=True)
     try:
-        module = fit_and_test(logger)
+        trainer = fit_and_test(logger)
         run_dir = Path(logger.experiment.dir).parent
     finally:
         logger.experiment.finish()
@@ -152,12 +153,14 @@ def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_e
 
     # training and validation curves
     assert len(history["train/outer_loss"]) == 4 and len(history["val/wer_post"]) == 2
-    assert {"train/query_loss_pre", "train/adaptation_gain", "train/grad_norm", "train/lr", "train/inner_grad_norm_step0", "val/wer_pre", "val/loss_post"} <= set(history)
+    expected = {"train/query_loss_pre", "train/adaptation_gain", "train/grad_norm", "train/lr", "train/inner_grad_norm_step0",
+                "val/wer_pre", "val/loss_post"}
+    assert expected <= set(history)
     # the headline numbers, one per (k, s)
     assert {f"test/wer_k{k}_s{s}" for k in TEST_SHOTS for s in TEST_STEPS} <= set(history)
 
     # tables: logged as table files the run directory holds
-    report = module.last_report
+    report = last_test_report(trainer)
     speakers = {r.task for r in report.records}
     expected_rows = {"test/adaptation_table": len(TEST_SHOTS) * len(TEST_STEPS),
                      "test/speaker_table": len(speakers) * len(TEST_SHOTS) * len(TEST_STEPS),
@@ -241,7 +244,8 @@ def test_report_tables_curves_and_audio_captions_from_records() -> None:
     tables = report_tables(report)
     assert len(tables["adaptation_table"]) == 4 and len(tables["speaker_table"]) == 8
     assert [r["condition"] for r in tables["decomposition_table"]] == ["k=1 s=0", "k=1 s=2", "k=3 s=0", "k=3 s=2"]
-    assert tables["speaker_table"][0] == {"speaker": "spk-a", "k": 1, "s": 0, "wer": pytest.approx(2 / 3), "cer": pytest.approx(7 / 11), "words": 6}
+    assert tables["speaker_table"][0] == {"speaker": "spk-a", "k": 1, "s": 0, "wer": pytest.approx(2 / 3), "cer": pytest.approx(7 / 11),
+                                          "words": 6}
     assert report.curves() == {1: [(0, pytest.approx(2 / 3)), (2, 0.0)], 3: [(0, pytest.approx(2 / 3)), (2, 0.0)]}
     assert [r["s"] for r in tables["adaptation_curve"]] == [0, 2, 0, 2]
 

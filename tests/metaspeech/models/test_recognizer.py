@@ -55,3 +55,28 @@ def test_a_recognizer_without_a_loss_or_decoder_says_so() -> None:
         bare.loss((), (), differentiable=False)
     with pytest.raises(NotImplementedError, match="decoder"):
         bare.decode(())
+
+
+class _Headless(Recognizer):
+    """Breaks the contract: no input_dim argument, no head stage, a parameter outside the stages, no decoder."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.stages = torch.nn.ModuleDict({"output": torch.nn.Linear(4, vocab_size)})
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def loss(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
+        return output[0].sum(-1)
+
+
+def test_a_recognizer_that_breaks_the_contract_gets_one_line_naming_what_is_missing() -> None:
+    from metaspeech.models.recognizer import RecognizerContractError
+
+    with pytest.raises(RecognizerContractError) as error:
+        MetaSpeechModule(_Headless(vocab_size=5), MAML(inner_steps=1), scope=["all"])
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("model.recognizer _Headless lacks")
+    for part in ("constructor argument 'input_dim'", "a 'head' stage (has ['output'])", "['scale']", "a decode() method"):
+        assert part in message, message
+    with pytest.raises(RecognizerContractError, match="torch.nn|is not a metaspeech.models.Recognizer"):
+        MetaSpeechModule(torch.nn.Linear(2, 2), MAML(inner_steps=1))
