@@ -50,12 +50,16 @@ class InnerLoop:
         record: step counts (0 to ``steps``) after which the loop keeps a detached copy of the fast
             weights in ``Adaptation.trajectory``: one 20-step run then also gives the weights after
             1, 5 and 10 steps, which is how the test protocol reads every s of a k at once.
+        objective: the learner's objective the inner steps minimize (``Learner.objective``):
+            ``supervised`` (the training loss), or a label-free one such as ``entropy``, which
+            needs no targets, so the support set may be untranscribed.
     """
 
     steps: int
     create_graph: bool = False
     loss_scale: float = 1.0
     record: tuple[int, ...] = ()
+    objective: str = "supervised"
 
     def at_scale(self, loss_scale: float) -> "InnerLoop":
         """This loop with another loss scale (the fp16 retry after an overflow)."""

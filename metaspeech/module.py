@@ -21,6 +21,7 @@ from metaspeech.algorithms.base import MetaAlgorithm, OuterResult
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
+from metaspeech.collapse_guard import CollapseGuard
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.evaluation import AdaptationReport
 from metaspeech.features import FeatureConfig
@@ -29,6 +30,7 @@ from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.meta_gradient import SkipStep, backward_in_chunks, check_chunk_size, check_finite_gradients, gradient_norm
 from metaspeech.models.recognizer import Recognizer
+from metaspeech.objectives import check_objective
 from metaspeech.oracle import SpeakerOracle
 from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
 from metaspeech.randomness import seeded_rng
@@ -60,6 +62,11 @@ class MetaSpeechModule(L.LightningModule):
             meta-gradient, one optimizer step). None: all at once.
         oracle: the test report's speaker oracle (:class:`~metaspeech.oracle.SpeakerOracle`), run on every
             test speaker with an oracle pool (``data.init_args.oracle_pool_size``); None: default settings.
+        test_objective: what test-time adaptation (``adapt``, the k x s protocol, ``metaspeech adapt``) minimizes:
+            ``supervised`` (CTC on transcripts), or label-free ``entropy``, ``entropy_mcc`` or ``pseudo_label``
+            (:mod:`metaspeech.objectives`; docs/label_free.md).
+        label_free_guard: keep a label-free adaptation only where the collapse guard passes it
+            (:mod:`metaspeech.collapse_guard`).
     """
 
     def __init__(
@@ -68,7 +75,7 @@ class MetaSpeechModule(L.LightningModule):
         max_grad_norm: float | None = 5.0, val_shots: int = 5, val_steps: int = 5, test_shots: list[int] | None = None,
         test_steps: list[int] | None = None, results_dir: str | None = None, init_from: str | None = None,
         augmentation: EpisodeAugmentation | None = None, adaptation_guard: str = "none", tasks_per_chunk: int | None = None,
-        oracle: SpeakerOracle | None = None,
+        oracle: SpeakerOracle | None = None, test_objective: str = "supervised", label_free_guard: bool = True,
     ) -> None:
         super().__init__()
         check_decay(lr_decay)
@@ -76,15 +83,19 @@ class MetaSpeechModule(L.LightningModule):
         # Evaluation and output settings are not model hyperparameters: a checkpoint must not
         # override them when a user tests it with other shots, steps or an output folder.
         self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir",
-                                          "init_from", "augmentation", "adaptation_guard", "oracle"])
+                                          "init_from", "augmentation", "adaptation_guard", "oracle",
+                                          "test_objective", "label_free_guard"])
         self.automatic_optimization = False
         self.model, self.algorithm, self.augmentation = recognizer, algorithm, augmentation
         self.tasks_per_chunk, self.results_dir, self.init_from = tasks_per_chunk, results_dir, init_from
         self.oracle = oracle if oracle is not None else SpeakerOracle()
         self.scope = list(scope) if scope is not None else ["lin", "lhuc", "head"]
-        self.learner = Learner(recognizer, recognizer.loss, self.scope)
+        check_objective(algorithm.inner_objective, "model.algorithm.init_args.inner_objective")
+        self.learner = Learner(recognizer, recognizer.loss, self.scope, objectives=recognizer.objective)
         self.algorithm.setup(self.learner)
-        self.adapter = FewShotAdapter(recognizer, self.learner, algorithm, adaptation_guard)
+        self.adapter = FewShotAdapter(recognizer, self.learner, algorithm, adaptation_guard,
+                                      check_objective(test_objective, "model.test_objective"),
+                                      CollapseGuard() if label_free_guard else None)
         self.test_shots = list(test_shots) if test_shots is not None else [1, 5, 10]
         self.test_steps = sorted(set(test_steps if test_steps is not None else [0, 1, 5, 10]) | {0})
         self.tokenizer: Tokenizer | None = None
@@ -172,9 +183,10 @@ class MetaSpeechModule(L.LightningModule):
         self.log("loss", post, prog_bar=True, logger=False, batch_size=batch.num_tasks)
 
     # ------------------------------------------- test-time adaptation (metaspeech.adapter)
-    def adapt(self, support: TaskBatch, steps: int) -> FastWeights:
-        """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``."""
-        return self.adapter.adapt(support, steps, loss_scale(grad_scaler(self._trainer)))
+    def adapt(self, support: TaskBatch, steps: int, objective: str | None = None) -> FastWeights:
+        """Adapt to the tasks in ``support`` for ``steps`` inner steps minimizing ``objective`` (default:
+        ``test_objective``); detached fast weights ``[T, ...]``."""
+        return self.adapter.adapt(support, steps, loss_scale(grad_scaler(self._trainer)), objective)
 
     def adapt_along(self, support: TaskBatch, steps: list[int]) -> dict[int, FastWeights]:
         """:meth:`adapt` for every step count in ``steps`` at once (one inner loop, read along the way)."""
