@@ -124,9 +124,14 @@ class FewShotAdapter:
         return learner.expand(learner.init_weights(), num_tasks)
 
     @torch.no_grad()
-    def loss(self, batch: TaskBatch, fast: FastWeights) -> Tensor:
-        """The recognizer's mean loss ``[T]`` of ``batch`` under ``fast`` weights."""
-        return self.learner.losses(fast, self.learner.prepare(batch))
+    def loss(self, batch: TaskBatch, fast: FastWeights, objective: str = SUPERVISED) -> Tensor:
+        """The mean loss ``[T]`` of ``batch`` under ``fast`` weights: the recognizer's training loss, or the
+        label-free ``objective`` (its targets, e.g. pseudo-labels, taken from the start weights as adaptation does)."""
+        prepared = self.learner.prepare(batch)
+        if objective != SUPERVISED:
+            start = self.algorithm.initial_weights(self.learner, prepared)
+            prepared = self.learner.for_objective(prepared, start, objective)
+        return self.learner.losses(fast, prepared, objective=objective)
 
     @torch.no_grad()
     def transcribe(self, batch: TaskBatch, tokenizer: Tokenizer, fast: FastWeights | None = None,
