@@ -43,7 +43,7 @@ from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.loss_scaling import grad_scaler, loss_scale
-from metaspeech.objectives import LABEL_FREE
+from metaspeech.objectives import LABEL_FREE, SUPERVISED
 
 TRANSDUCTIVE = "transductive"
 TRANSDUCTIVE_SHOTS = 0
@@ -110,8 +110,11 @@ def evaluate_speaker(module: L.LightningModule, item: EvaluationBatch, row: Labe
     and score its evaluation utterances at every (k, s); transcripts are read only to score.
 
     ``s = 0`` records are the unadapted decoding (the baseline of every k). Transductive rows ignore
-    ``shots`` and adapt each evaluation utterance on itself.
+    ``shots`` and adapt each evaluation utterance on itself. ``row.objective`` may be ``supervised`` (the
+    reference the label-free rows are compared with, e.g. in ``benchmarks/label_free.py``), never transductively.
     """
+    if row.transductive and row.objective == SUPERVISED:
+        raise ValueError("a transductive row adapts on the evaluation utterances: it must not read their transcripts")
     references = item.evaluation.texts[0]
     ids = item.evaluation.ids[0] if item.evaluation.ids else [str(i) for i in range(len(references))]
     counts = sorted(set(steps) | {0})
@@ -122,7 +125,11 @@ def evaluate_speaker(module: L.LightningModule, item: EvaluationBatch, row: Labe
         [(k, item.pool.take(min(k, item.pool.examples_per_task))) for k in shots]
     for k, support in supports:
         start = time.perf_counter()
-        adapted, kept = module.adapter.adapt_label_free(support, counts, row.objective, scale)
+        if row.objective == SUPERVISED:
+            adapted = module.adapter.adapt_along(support, counts, scale, SUPERVISED)
+            kept = {c: torch.ones(support.num_tasks, dtype=torch.bool) for c in counts}
+        else:
+            adapted, kept = module.adapter.adapt_label_free(support, counts, row.objective, scale)
         result.adapt_seconds += time.perf_counter() - start
         result.speech_seconds += float(support.inputs[1].sum()) * frame_seconds
         for s in counts:
