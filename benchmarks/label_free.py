@@ -1,6 +1,7 @@
 """Label-free vs supervised adaptation of a trained checkpoint, and the cost of transductive adaptation.
 
-From one checkpoint (e.g. ``results/demo/base/seed0/base.ckpt``, the joint-trained shared start of ``metaspeech demo``), on the held-out speakers:
+From one checkpoint (e.g. ``results/demo/base/seed0/base.ckpt``, the joint-trained shared start of
+``metaspeech demo``), on the held-out speakers:
 
 (a) WER after adapting on the first k (default 5) pool utterances of each speaker, supervised (with their
     transcripts) and with each label-free objective (audio only), each with its learning rate and step
