@@ -41,7 +41,7 @@ from metaspeech.algorithms.base import MetaAlgorithm
 from metaspeech.batch import EvaluationBatch, TaskBatch
 from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import AdaptationReport, UtteranceRecord, score_utterance
+from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.loss_scaling import grad_scaler, loss_scale
 from metaspeech.objectives import LABEL_FREE, SUPERVISED
 
@@ -94,9 +94,10 @@ def learns_its_step_size(algorithm: MetaAlgorithm) -> bool:
 
 @dataclass
 class SpeakerResult:
-    """One speaker under one row set: records at every (k, s), the adaptations the guard refused per (k, s)
-    (count, out of ``adaptations``) and the seconds spent adapting and of speech adapted on."""
+    """One speaker (``task``) under one row set: records at every (k, s), the adaptations the guard refused per
+    (k, s) (count, out of ``adaptations``) and the seconds spent adapting and of speech adapted on."""
 
+    task: str
     records: list[UtteranceRecord]
     refused: dict[tuple[int, int], int]
     adaptations: dict[tuple[int, int], int]
@@ -120,7 +121,7 @@ def evaluate_speaker(module: L.LightningModule, item: EvaluationBatch, row: Labe
     counts = sorted(set(steps) | {0})
     scale = loss_scale(grad_scaler(module._trainer))
     frame_seconds = module.feature_config.frame_shift_seconds
-    result = SpeakerResult([], {}, {}, 0.0, 0.0)
+    result = SpeakerResult(item.task, [], {}, {}, 0.0, 0.0)
     supports = [(TRANSDUCTIVE_SHOTS, one_task_per_utterance(item.evaluation))] if row.transductive else \
         [(k, item.pool.take(min(k, item.pool.examples_per_task))) for k in shots]
     for k, support in supports:
@@ -178,12 +179,15 @@ def report_rows(row: LabelFreeRow, choice: dict[str, Any], results: list[Speaker
     """One row per (speaker group, k, s > 0) of ``row``: WER, its reduction vs the unadapted model, speakers
     made worse, adaptations refused by the guard, and adaptation seconds per second of speech adapted on."""
     report = AdaptationReport([r for result in results for r in result.records], groups=groups)
-    refused = {key: sum(r.refused.get(key, 0) for r in results) for key in results[0].refused} if results else {}
-    adaptations = {key: sum(r.adaptations.get(key, 0) for r in results) for key in refused}
-    speech = sum(r.speech_seconds for r in results)
-    cost = sum(r.adapt_seconds for r in results) / speech if speech else float("nan")
     rows = []
     for group, part in [("all", report)] + [(g, report.subset(g)) for g in report.group_names()]:
+        members = [r for r in results if r.task in {record.task for record in part.records}]
+        if group == "all":  # as AdaptationReport.conditions: training speakers on new sentences are not held out
+            members = [r for r in members if report.groups.get(r.task) != SEEN_SPEAKERS]
+        refused = {key: sum(r.refused.get(key, 0) for r in members) for key in members[0].refused} if members else {}
+        adaptations = {key: sum(r.adaptations.get(key, 0) for r in members) for key in refused}
+        speech = sum(r.speech_seconds for r in members)
+        cost = sum(r.adapt_seconds for r in members) / speech if speech else float("nan")
         cells = {(c.shots, c.steps): c for c in part.conditions()}
         for (shots, steps), c in cells.items():
             if steps == 0:
