@@ -146,3 +146,26 @@ def test_the_collapse_guard_refuses_an_all_blank_adaptation_and_keeps_a_sane_one
         collapsed = learner.outputs(collapse_task_0(None, None, None, None)[1], prepared)
     per_task = blank_ratio(*collapsed).reshape(2, -1).mean(1)
     assert float(per_task[0]) == 1.0
+
+
+def test_pseudo_label_inner_loss_runs_second_order_through_the_differentiable_ctc(support: TaskBatch) -> None:
+    """``F.ctc_loss`` has no double backward: a second-order inner loop on pseudo-labels must take the torch-ops CTC."""
+    torch.manual_seed(0)
+    recognizer = BiLSTMCTC(**TINY)
+    learner = Learner(recognizer, recognizer.loss, ["head"], objectives=lambda name: PseudoLabelObjective(min_confidence=0.0))
+    gradients = {}
+    for second_order in (True, False):
+        recognizer.zero_grad()
+        algorithm = MAML(inner_steps=1, inner_lr=0.5, second_order=second_order, inner_objective="pseudo_label")
+        algorithm.outer_loss(learner, MetaBatch(support=support, query=support)).loss.backward()
+        gradients[second_order] = recognizer.stages.head.linear.weight.grad.clone()
+    assert torch.isfinite(gradients[True]).all() and not torch.allclose(gradients[True], gradients[False])
+
+
+def test_model_test_objective_makes_module_adapt_label_free(tiny_module, support: TaskBatch) -> None:
+    unlabelled = _unlabelled(support)
+    module = tiny_module(FOMAML(inner_lr=0.5), test_objective="entropy")
+    start = module.adapter.unadapted(unlabelled.num_tasks)
+    fast = module.adapt(unlabelled, 3)
+    assert any(not torch.equal(fast[n], start[n]) for n in fast)
+    assert (module.adapter.loss(unlabelled, fast, "entropy") < module.adapter.loss(unlabelled, start, "entropy")).all()
