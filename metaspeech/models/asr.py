@@ -229,8 +229,8 @@ class CTCRecognizer(Recognizer):
         return CTCLoss(self.blank)(output, targets, differentiable)
 
     def objective(self, name: str):  # type: ignore[no-untyped-def]
-        """``supervised`` (CTC), or a label-free one: ``entropy``, ``entropy_mcc``, ``pseudo_label`` (:mod:`metaspeech.objectives`)."""
-        return super().objective(name) if name == "supervised" else ctc_objective(name, self.blank)
+        """A label-free objective: ``entropy``, ``entropy_mcc`` or ``pseudo_label`` (:mod:`metaspeech.objectives`)."""
+        return ctc_objective(name, self.blank)
 
     def decode(self, output: tuple[Tensor, ...]) -> list[list[int]]:
         """Best-path CTC decoding: argmax per frame, repeats collapsed, blanks dropped."""

@@ -38,29 +38,15 @@ class Recognizer(StagedModel):
         raise NotImplementedError(f"{type(self).__name__} does not define its training loss")
 
     def objective(self, name: str) -> "TaskObjective":
-        """The adaptation objective ``name`` (a :class:`~metaspeech.learner.TaskObjective`).
+        """The label-free adaptation objective ``name`` (a :class:`~metaspeech.learner.TaskObjective`).
 
-        ``supervised`` is :meth:`loss`; a recognizer adds label-free ones (``entropy``, ``pseudo_label``
-        for CTC: :mod:`metaspeech.objectives`), so an algorithm adapts without transcripts while knowing
-        nothing of speech.
+        ``supervised`` is :meth:`loss` (the :class:`~metaspeech.learner.Learner` uses it directly); a recognizer
+        adds label-free objectives here (``entropy``, ``pseudo_label`` for CTC: :mod:`metaspeech.objectives`),
+        so an algorithm adapts without transcripts while knowing nothing of speech.
         """
-        if name == "supervised":
-            return _Supervised(self)
-        raise ConfigError(f"{type(self).__name__} has no adaptation objective {name!r}; it supports 'supervised'")
+        raise ConfigError(f"{type(self).__name__} has no label-free adaptation objective {name!r}")
 
     def decode(self, output: tuple[Tensor, ...]) -> list[list[int]]:
         """Token ids of each utterance, ``N`` lists, from the output state (the tokenizer turns them into text)."""
         raise NotImplementedError(f"{type(self).__name__} does not define its decoder")
 
-
-class _Supervised:
-    """:meth:`Recognizer.loss` as a :class:`~metaspeech.learner.TaskObjective` (its targets are the batch's)."""
-
-    def __init__(self, recognizer: Recognizer) -> None:
-        self.recognizer = recognizer
-
-    def targets(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return targets
-
-    def __call__(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
-        return self.recognizer.loss(output, targets, differentiable)
