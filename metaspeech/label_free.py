@@ -213,6 +213,9 @@ class LabelFreeEvaluation(Callback):
         learning_rates, steps: the candidates searched on meta-val speakers for every row set.
         val_shots: pool utterances per meta-val speaker for the non-transductive search (default: the
             module's ``val_shots``).
+
+    It reads the data module's own loaders at test start; under DDP every rank runs it whole and gets
+    the same numbers.
     """
 
     def __init__(self, objectives: list[str] | None = None, transductive: list[str] | None = None,
