@@ -75,6 +75,13 @@ def one_task_per_utterance(batch: TaskBatch) -> TaskBatch:
     )
 
 
+def without_transcripts(batch: TaskBatch) -> TaskBatch:
+    """``batch`` with empty targets and no texts: what label-free adaptation gets, so it cannot read a transcript."""
+    tokens = batch.targets[0]
+    empty = tokens.new_zeros(*tokens.shape[:2], 0)
+    return TaskBatch(batch.inputs, (empty, tokens.new_zeros(tokens.shape[:2])), ids=batch.ids, statistics=batch.statistics)
+
+
 @contextlib.contextmanager
 def test_time_learning_rate(algorithm: MetaAlgorithm, learning_rate: float | None) -> Iterator[None]:
     """The algorithm's ``eval_inner_lr`` set to ``learning_rate`` (None: unchanged) inside the block."""
@@ -125,6 +132,7 @@ def evaluate_speaker(module: L.LightningModule, item: EvaluationBatch, row: Labe
     supports = [(TRANSDUCTIVE_SHOTS, one_task_per_utterance(item.evaluation))] if row.transductive else \
         [(k, item.pool.take(min(k, item.pool.examples_per_task))) for k in shots]
     for k, support in supports:
+        support = support if row.objective == SUPERVISED else without_transcripts(support)
         start = time.perf_counter()
         if row.objective == SUPERVISED:
             adapted = module.adapter.adapt_along(support, counts, scale, SUPERVISED)

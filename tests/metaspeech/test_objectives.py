@@ -10,6 +10,7 @@ from metaspeech.algorithms import FOMAML, HyperInit, MAML, MetaSGD
 from metaspeech.batch import MetaBatch, TaskBatch
 from metaspeech.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
 from metaspeech.errors import ConfigError
+from metaspeech.label_free import without_transcripts
 from metaspeech.learner import Learner
 from metaspeech.models import BiLSTMCTC
 from metaspeech.objectives import EntropyObjective, PseudoLabelObjective, class_confusion, frame_entropy, mean_confidence
@@ -64,8 +65,9 @@ def support(corpus_root, feature_cache) -> TaskBatch:
 
 def _unlabelled(batch: TaskBatch) -> TaskBatch:
     """The batch with its transcripts removed: label-free objectives must not read them."""
-    empty = torch.zeros(*batch.targets[0].shape[:2], 0, dtype=torch.long)
-    return TaskBatch(batch.inputs, (empty, torch.zeros_like(batch.targets[1])), statistics=batch.statistics)
+    unlabelled = without_transcripts(batch)
+    assert unlabelled.targets[0].shape[-1] == 0 and not unlabelled.texts and unlabelled.targets[1].sum() == 0
+    return unlabelled
 
 
 @pytest.mark.parametrize("name", ["entropy", "entropy_mcc", "pseudo_label"])
