@@ -112,6 +112,10 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         second_order_steps: truncated second order: only the last this-many inner steps are
             differentiated through, earlier ones are first-order. Memory then grows with this
             number instead of ``inner_steps``. ``None``: all steps.
+        inner_objective: what the meta-training inner loop minimizes on the support set:
+            ``supervised``, or a label-free objective of the learner (``entropy``, ``pseudo_label``);
+            the outer loss stays the supervised query loss, so the meta-learned start is one that
+            label-free adaptation improves (MT3, Bartler et al. 2022).
     """
 
     learns_inner_lr: ClassVar[bool] = False
@@ -125,6 +129,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         second_order: bool = False,
         eval_inner_lr: float | None = None,
         second_order_steps: int | None = None,
+        inner_objective: str = "supervised",
     ) -> None:
         super().__init__()
         key = "model.algorithm.init_args."
@@ -140,13 +145,15 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         self.second_order = second_order
         self.eval_inner_lr = eval_inner_lr
         self.second_order_steps = second_order_steps
+        self.inner_objective = inner_objective
 
     def setup(self, learner: Learner) -> None:
         """Create meta-parameters that depend on the adaptation scope (called once, before training)."""
 
     def inner_loop(self, steps: int | None = None, loss_scale: float = 1.0) -> InnerLoop:
-        """The meta-training inner loop: ``inner_steps`` (or ``steps``) steps, second order as configured."""
-        return InnerLoop(self.inner_steps if steps is None else steps, self.second_order, loss_scale)
+        """The meta-training inner loop: ``inner_steps`` (or ``steps``) steps, second order and objective as configured."""
+        return InnerLoop(self.inner_steps if steps is None else steps, self.second_order, loss_scale,
+                         objective=self.inner_objective)
 
     def initial_weights(self, learner: Learner, prepared: PreparedTasks) -> FastWeights:
         """Where the inner loop starts for each task: the shared init, ``[T, *shape]``."""
@@ -168,18 +175,21 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         are constants, so the fast weights still depend on the initialization with an identity
         Jacobian: the first-order meta-gradient. With ``second_order_steps`` only the last steps
         create a graph. Gradients come from ``loop.gradients``, which raises
-        :class:`NonFiniteLossError` on a NaN/inf support loss.
+        :class:`NonFiniteLossError` on a NaN/inf support loss. The steps minimize ``loop.objective``,
+        whose targets are taken once from the start weights (``Learner.for_objective``: pseudo-labels).
         """
         loop = loop if loop is not None else self.inner_loop()
         prepared = support if isinstance(support, PreparedTasks) else learner.prepare(support)
         first_second_order_step = 0 if self.second_order_steps is None else loop.steps - self.second_order_steps
         fast = self.initial_weights(learner, prepared)
+        if loop.steps:
+            prepared = learner.for_objective(prepared, fast, loop.objective)
         adaptation = Adaptation(fast=fast)
         adaptation.keep(0, loop)
         optimizer_state = None
         for step in range(loop.steps):
             step_graph = loop.create_graph and step >= first_second_order_step
-            losses = learner.losses(fast, prepared, create_graph=step_graph)
+            losses = learner.losses(fast, prepared, create_graph=step_graph, objective=loop.objective)
             grads = loop.gradients(losses, fast, step, create_graph=step_graph)
             adaptation.inner_losses.append(losses.detach())
             adaptation.inner_grad_norms.append(_per_task_norm(grads, prepared.num_tasks))

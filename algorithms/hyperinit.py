@@ -68,8 +68,9 @@ class HyperInit(MetaAlgorithm):
         rank: int = 4,
         eval_inner_lr: float | None = None,
         second_order_steps: int | None = None,
+        inner_objective: str = "supervised",
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps)
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective)
         self.embedding_dim = embedding_dim
         self.rank = rank
         self.encoder: nn.Module | None = None

@@ -59,6 +59,9 @@ class InnerLoop:
         optimizer: ``sgd`` (``w - lr * g``) or ``adam`` (Kingma & Ba, bias-corrected, betas 0.9/0.999).
         lr: the learning rate of every step and weight; None: the plugin's own ``step_size``
             (learned or scheduled). Test-time adaptation sets it to the rate chosen on meta-val.
+        objective: the learner's objective the inner steps minimize (``Learner.objective``):
+            ``supervised`` (the training loss), or a label-free one such as ``entropy``, which
+            needs no targets, so the support set may be untranscribed.
     """
 
     steps: int
@@ -67,6 +70,7 @@ class InnerLoop:
     record: tuple[int, ...] = ()
     optimizer: str = "sgd"
     lr: float | None = None
+    objective: str = "supervised"
 
     def __post_init__(self) -> None:
         if self.optimizer not in INNER_OPTIMIZERS:

@@ -22,8 +22,9 @@ class MAML(MetaAlgorithm):
         second_order: bool = True,
         eval_inner_lr: float | None = None,
         second_order_steps: int | None = None,
+        inner_objective: str = "supervised",
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps)
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective)
 
 
 class FOMAML(MetaAlgorithm):
@@ -34,5 +35,6 @@ class FOMAML(MetaAlgorithm):
         inner_steps: int = 5,
         inner_lr: float | Sequence[float] = 0.1,
         eval_inner_lr: float | None = None,
+        inner_objective: str = "supervised",
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr)
+        super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr, inner_objective=inner_objective)

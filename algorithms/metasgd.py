@@ -26,8 +26,10 @@ class MetaSGD(MetaAlgorithm):
         second_order: bool = True,
         per_step: bool = False,
         second_order_steps: int | None = None,
+        inner_objective: str = "supervised",
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, second_order_steps=second_order_steps)
+        super().__init__(inner_steps, inner_lr, second_order, second_order_steps=second_order_steps,
+                         inner_objective=inner_objective)
         self.per_step = per_step
         self.learning_rates = nn.ParameterDict()
 

@@ -18,9 +18,11 @@ from metaspeech.adaptation_guard import check_guard, guarded_adapt
 from metaspeech.algorithms.base import MetaAlgorithm
 from metaspeech.algorithms.inner_loop import InnerLoop
 from metaspeech.batch import TaskBatch
+from metaspeech.collapse_guard import CollapseGuard
 from metaspeech.learner import FastWeights, Learner, PreparedTasks
 from metaspeech.loss_scaling import retry_at_smaller_scales
 from metaspeech.models.recognizer import Recognizer
+from metaspeech.objectives import SUPERVISED
 from metaspeech.oracle import OracleFit, SpeakerOracle
 from metaspeech.test_time import TestTimeAdaptation
 from metaspeech.tokenizer import Tokenizer
@@ -33,27 +35,34 @@ class FewShotAdapter:
         recognizer: the model the learner wraps; it brings the decoder.
         learner: the functional view of ``recognizer`` with the training scope.
         algorithm: the plugin whose ``inner_loop`` and ``adapt`` hooks make the inner loop.
-        guard: ``none`` or ``cross_validation`` (:mod:`~metaspeech.adaptation_guard`).
+        guard: ``none`` or ``cross_validation`` (:mod:`~metaspeech.adaptation_guard`), for supervised adaptation.
         test_time: the scope, inner optimizer and learning rate of test-time adaptation (default: the training
             scope, SGD at the plugin's own rate). ``self.learner`` is the learner of that scope.
+        objective: what test-time adaptation minimizes by default: ``supervised`` (needs transcripts) or a
+            label-free objective of the recognizer (``entropy``, ``pseudo_label``: :mod:`~metaspeech.objectives`).
+        collapse_guard: checks every label-free adaptation (:mod:`~metaspeech.collapse_guard`); None: off.
     """
 
     def __init__(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, guard: str = "none",
-                 test_time: TestTimeAdaptation | None = None) -> None:
+                 test_time: TestTimeAdaptation | None = None, objective: str = SUPERVISED,
+                 collapse_guard: CollapseGuard | None = CollapseGuard()) -> None:
         self.recognizer, self.algorithm = recognizer, algorithm
         self.test_time = test_time if test_time is not None else TestTimeAdaptation()
         self.learner = self.test_time.learner(learner, algorithm)
         self.guard = check_guard(guard)
+        self.objective, self.collapse_guard = objective, collapse_guard
 
-    def adapt(self, support: TaskBatch, steps: int, loss_scale: float = 1.0) -> FastWeights:
+    def adapt(self, support: TaskBatch, steps: int, loss_scale: float = 1.0, objective: str | None = None) -> FastWeights:
         """Detached fast weights ``[T, ...]`` after ``steps`` inner steps on each task of ``support``.
 
         Under ``16-mixed`` the inner gradients are scaled by ``loss_scale`` and the loop retries at half the
         scale until they are finite; with the guard on, a task whose adaptation does not generalize keeps its start.
+        ``objective`` (default: the adapter's) is what the inner steps minimize.
         """
-        return self.adapt_along(support, [steps], loss_scale)[steps]
+        return self.adapt_along(support, [steps], loss_scale, objective)[steps]
 
-    def adapt_along(self, support: TaskBatch, steps: Sequence[int], loss_scale: float = 1.0) -> dict[int, FastWeights]:
+    def adapt_along(self, support: TaskBatch, steps: Sequence[int], loss_scale: float = 1.0,
+                    objective: str | None = None) -> dict[int, FastWeights]:
         """Detached fast weights ``[T, ...]`` after each step count in ``steps``, as :meth:`adapt` gives them.
 
         Why: the test protocol scores s = 0, 1, 5, 10, 20 for every k. Inner SGD on a fixed support set is
@@ -62,6 +71,9 @@ class FewShotAdapter:
         A plugin whose ``adapt`` does not record (``InnerLoop.record``), and the guard, run once per count.
         """
         counts = sorted(set(steps))
+        objective = objective or self.objective
+        if objective != SUPERVISED:
+            return self.adapt_label_free(support, counts, objective, loss_scale)[0]
         if self.guard != "none":
             def unguarded(batch: TaskBatch, count: int) -> FastWeights:
                 return self._adapt(batch, [count], loss_scale)[count]
@@ -69,17 +81,41 @@ class FewShotAdapter:
             return {s: guarded_adapt(support, s, unguarded, self.loss) for s in counts}
         return self._adapt(support, counts, loss_scale)
 
-    def _adapt(self, support: TaskBatch, counts: list[int], loss_scale: float) -> dict[int, FastWeights]:
+    def adapt_label_free(self, support: TaskBatch, steps: Sequence[int], objective: str,
+                         loss_scale: float = 1.0) -> tuple[dict[int, FastWeights], dict[int, Tensor]]:
+        """:meth:`adapt_along` minimizing the label-free ``objective`` (``support`` needs no transcripts), and,
+        per step count, which tasks the collapse guard let keep their adaptation (``[T]`` bool; all without a guard)."""
+        counts = sorted(set(steps))
+        trajectory = self._adapt(support, counts, loss_scale, objective)
+        if self.collapse_guard is None:
+            return trajectory, {s: torch.ones(support.num_tasks, dtype=torch.bool) for s in counts}
+        with torch.no_grad():
+            prepared = self.learner.prepare(support)
+            start = {n: w.detach() for n, w in self.algorithm.initial_weights(self.learner, prepared).items()}
+            before = self.learner.outputs(start, prepared)
+            before_ids = self.recognizer.decode(before)
+            guarded, kept = {}, {}
+            for s in counts:
+                after = self.learner.outputs(trajectory[s], prepared)
+                keep = self.collapse_guard.keep(before, after, before_ids, self.recognizer.decode(after), support.num_tasks,
+                                                getattr(self.recognizer, "blank", 0)).to(prepared.state[0].device)
+                guarded[s] = {n: torch.where(keep.view(-1, *[1] * (w.dim() - 1)), w, start[n]) for n, w in trajectory[s].items()}
+                kept[s] = keep.cpu()
+        return guarded, kept
+
+    def _adapt(self, support: TaskBatch, counts: list[int], loss_scale: float,
+               objective: str = SUPERVISED) -> dict[int, FastWeights]:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("test-time adaptation needs gradients, but the Trainer runs evaluation in inference mode: "
                                "set trainer.inference_mode=false (the metaspeech CLI does this by default)")
         with torch.enable_grad():
             with torch.no_grad():
                 prepared = self.learner.prepare(support)
-            loop = self.test_time.loop(self.algorithm, max(counts), tuple(counts))
+            loop = self.test_time.loop(self.algorithm, max(counts), tuple(counts), objective)
             trajectory = self._run(prepared, loop, loss_scale)
             for missing in [s for s in counts if s not in trajectory]:  # an adapt override that does not record
-                trajectory[missing] = self._run(prepared, self.test_time.loop(self.algorithm, missing, ()), loss_scale)[missing]
+                trajectory[missing] = self._run(prepared, self.test_time.loop(self.algorithm, missing, (), objective),
+                                                loss_scale)[missing]
         return {s: trajectory[s] for s in counts}
 
     def _run(self, prepared: PreparedTasks, loop: InnerLoop, loss_scale: float) -> dict[int, FastWeights]:
@@ -95,9 +131,14 @@ class FewShotAdapter:
         return learner.expand(learner.init_weights(), num_tasks)
 
     @torch.no_grad()
-    def loss(self, batch: TaskBatch, fast: FastWeights) -> Tensor:
-        """The recognizer's mean loss ``[T]`` of ``batch`` under ``fast`` weights."""
-        return self.learner.losses(fast, self.learner.prepare(batch))
+    def loss(self, batch: TaskBatch, fast: FastWeights, objective: str = SUPERVISED) -> Tensor:
+        """The mean loss ``[T]`` of ``batch`` under ``fast`` weights: the recognizer's training loss, or the
+        label-free ``objective`` (its targets, e.g. pseudo-labels, taken from the start weights as adaptation does)."""
+        prepared = self.learner.prepare(batch)
+        if objective != SUPERVISED:
+            start = self.algorithm.initial_weights(self.learner, prepared)
+            prepared = self.learner.for_objective(prepared, start, objective)
+        return self.learner.losses(fast, prepared, objective=objective)
 
     @torch.no_grad()
     def transcribe(self, batch: TaskBatch, tokenizer: Tokenizer, fast: FastWeights | None = None,

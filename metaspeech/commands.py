@@ -68,23 +68,31 @@ def generate(argv: list[str]) -> int:
 
 @command("adapt")
 def adapt(argv: list[str]) -> int:
-    """Adapt a trained model to one speaker from their recordings + transcripts; save the adaptation."""
+    """Adapt a trained model to one speaker from their recordings (+ transcripts, unless label-free); save the adaptation."""
+    from metaspeech.objectives import OBJECTIVES, SUPERVISED
+
     parser = argparse.ArgumentParser(prog="metaspeech adapt", description=adapt.__doc__)
     parser.add_argument("--checkpoint", required=True, help="a .ckpt written by `metaspeech fit`")
-    parser.add_argument("--data", required=True, help="folder of x.wav + x.txt, or a JSONL manifest of one speaker")
+    parser.add_argument("--data", required=True, help="folder of x.wav (+ x.txt), or a JSONL manifest of one speaker")
     parser.add_argument("--output", required=True, help="where to write the speaker adaptation (.pt)")
     parser.add_argument("--steps", type=int, default=10, help="inner adaptation steps")
+    parser.add_argument("--objective", default=SUPERVISED, choices=OBJECTIVES,
+                        help="what adaptation minimizes: supervised (needs x.txt) or label-free, audio only (docs/label_free.md)")
+    parser.add_argument("--lr", type=float, default=None, help="inner learning rate (default: the algorithm's eval_inner_lr)")
     args = parser.parse_args(argv)
     from metaspeech.inference import adapt_speaker, find_recordings, load_module, save_atomically
 
     module = load_module(args.checkpoint)
-    recordings = find_recordings(args.data, require_text=True)
-    adaptation = adapt_speaker(module, recordings, args.steps)
+    if args.lr is not None:
+        module.algorithm.eval_inner_lr = args.lr
+    recordings = find_recordings(args.data, require_text=args.objective == SUPERVISED)
+    adaptation = adapt_speaker(module, recordings, args.steps, args.objective)
     save_atomically(adaptation, args.output)
+    refused = "" if adaptation["guard_kept"] else "; the collapse guard refused it, the unadapted weights are saved"
     print(
-        f"adapted {', '.join(module.scope)} on {adaptation['utterances']} utterances ({adaptation['seconds']:.1f} s): "
-        f"support loss {adaptation['support_loss_before']:.3f} -> {adaptation['support_loss_after']:.3f}; "
-        f"saved {args.output}"
+        f"adapted {', '.join(module.scope)} on {adaptation['utterances']} utterances ({adaptation['seconds']:.1f} s), "
+        f"objective {args.objective}: support loss {adaptation['support_loss_before']:.3f} -> "
+        f"{adaptation['support_loss_after']:.3f}{refused}; saved {args.output}"
     )
     return 0
 

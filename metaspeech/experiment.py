@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
 from metaspeech.lightning_cli import build_cli
+from metaspeech.label_free_report import label_free_markdown, summarize_label_free
 from metaspeech.parallel_runs import Run, run_side_by_side
 from metaspeech.reporting import last_test_report
 
@@ -128,10 +129,11 @@ def collect_reports(output: Path) -> dict[str, dict[int, AdaptationReport]]:
 def write_comparison(results: dict[str, dict[int, AdaptationReport]], seeds: list[int], output: Path) -> dict[str, Any]:
     """Summarize ``results`` into ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png`` under ``output``."""
     rows = summarize(results)
+    label_free = summarize_label_free(results, rows)  # empty unless the runs had metaspeech.label_free.LabelFreeEvaluation
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "comparison.json"
-    json_path.write_text(json.dumps({"seeds": seeds, "headline": headline(rows), "rows": rows}, indent=2))
-    table = markdown_report(rows)
+    json_path.write_text(json.dumps({"seeds": seeds, "headline": headline(rows), "rows": rows, "label_free": label_free}, indent=2))
+    table = "\n\n".join(part for part in (markdown_report(rows), label_free_markdown(label_free)) if part)
     (output / "comparison.md").write_text(table + "\n")
     plot = plot_wer_vs_steps(rows, output / "wer_vs_steps.png")
     return {"rows": rows, "table": table, "json": json_path, "plot": plot}

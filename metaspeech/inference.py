@@ -25,6 +25,7 @@ from metaspeech.checkpoint_io import (
 from metaspeech.errors import DataError
 from metaspeech.features import FeatureConfig, FeatureExtractor
 from metaspeech.module import MetaSpeechModule
+from metaspeech.objectives import SUPERVISED
 from metaspeech.text import normalize_text
 from metaspeech.tokenizer import CharTokenizer, UnknownCharacterError
 
@@ -79,7 +80,8 @@ def find_recordings(source: str | Path, require_text: bool) -> list[Recording]:
     if require_text and missing:
         raise DataError(
             f"{len(missing)} recording(s) have no transcript, e.g. {missing[0]}: "
-            f"put the text in {Path(missing[0]).with_suffix('.txt').name} next to it, or use a JSONL manifest"
+            f"put the text in {Path(missing[0]).with_suffix('.txt').name} next to it, use a JSONL manifest, "
+            "or adapt without transcripts with --objective entropy (docs/label_free.md)"
         )
     return recordings
 
@@ -110,17 +112,31 @@ def featurize(recordings: list[Recording], config: FeatureConfig, tokenizer: Cha
     return collate_tasks([items])
 
 
-def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: int) -> dict[str, Any]:
-    """Adapt ``module`` to one speaker; returns the saveable adaptation (fast weights + metadata)."""
+def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: int,
+                  objective: str = SUPERVISED) -> dict[str, Any]:
+    """Adapt ``module`` to one speaker; returns the saveable adaptation (fast weights + metadata).
+
+    ``objective`` is what the inner steps minimize: ``supervised`` reads the transcripts; a label-free one
+    (``entropy``, ``pseudo_label``: :mod:`metaspeech.objectives`) only the audio, and its adaptation is kept
+    only if the collapse guard passes it (``guard_kept``). The support losses are the objective's.
+    """
     support = featurize(recordings, module.feature_config, module.tokenizer)
-    before = float(module.evaluation_loss(support, module.adapter.unadapted(1)).mean())
-    fast = module.adapt(support, steps)
-    after = float(module.evaluation_loss(support, fast).mean())
+    start = module.adapter.unadapted(1)
+    before = float(module.adapter.loss(support, start, objective).mean())
+    kept = True
+    if objective == SUPERVISED:
+        fast = module.adapt(support, steps, objective)
+    else:
+        adapted, guard = module.adapter.adapt_label_free(support, [steps], objective)
+        fast, kept = adapted[steps], bool(guard[steps].all())
+    after = float(module.adapter.loss(support, fast, objective).mean())
     return {
         "fast_weights": {name: w[0].clone() for name, w in fast.items()},
         "scope": module.scope,
         "model": module.model.init_config,
         "steps": steps,
+        "objective": objective,
+        "guard_kept": kept,
         "utterances": len(recordings),
         "seconds": float(support.inputs[1].sum()) * module.feature_config.frame_shift_seconds,
         "support_loss_before": before,

@@ -21,8 +21,8 @@ Two performance levers live here (docs/architecture.md, "One training step"):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Protocol
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,33 @@ class TaskLoss(Protocol):
     """
 
     def __call__(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor: ...
+
+
+class TaskObjective(TaskLoss, Protocol):
+    """An inner-loop objective: a :class:`TaskLoss` whose targets may come from the model itself.
+
+    ``targets(output, targets)`` runs once, before the inner loop, on the output of the *start*
+    weights: a supervised objective returns the batch's ``targets``; a label-free one may return its
+    own (pseudo-labels). Then the objective is called like a :class:`TaskLoss` at every inner step.
+    """
+
+    def targets(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...]) -> tuple[Tensor, ...]: ...
+
+
+class _LossObjective:
+    """A plain :class:`TaskLoss` as the ``supervised`` :class:`TaskObjective`."""
+
+    def __init__(self, loss: TaskLoss) -> None:
+        self.loss = loss
+
+    def targets(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return targets
+
+    def __call__(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
+        return self.loss(output, targets, differentiable)
+
+
+SUPERVISED = "supervised"
 
 
 @dataclass
@@ -82,11 +109,15 @@ class Learner:
 
     ``scope`` (presets or name globs, as ``model.scope``) resolves once, here, to
     :attr:`adapted_names`: the names of the parameters the inner loop adapts, in model order.
+    ``objectives(name)`` gives the inner-loop objective called ``name`` (for a recognizer:
+    ``recognizer.objective``, with label-free ones); without it only ``supervised`` (``loss``) exists.
     """
 
-    def __init__(self, model: StagedModel, loss: TaskLoss, scope: list[str] | str) -> None:
+    def __init__(self, model: StagedModel, loss: TaskLoss, scope: list[str] | str,
+                 objectives: Callable[[str], TaskObjective] | None = None) -> None:
         self.model = model
         self.loss = loss
+        self.objectives = objectives
         self.adapted_names = resolve_scope(model, scope)
         self.first_stage = min(model.stage_index(name) for name in self.adapted_names)
         modules = dict(model.named_modules())
@@ -118,11 +149,35 @@ class Learner:
         """``[T, model.summary_dim]`` description of each task (for task-conditioned algorithms)."""
         return self.model.task_statistics(prepared.inputs, prepared.targets, prepared.num_tasks, prepared.statistics)
 
-    def losses(self, fast: FastWeights, prepared: PreparedTasks, create_graph: bool = False) -> Tensor:
-        """Per-task mean loss ``[T]`` with ``fast`` weights (each ``[T, *shape]``)."""
+    def objective(self, name: str) -> TaskObjective:
+        """The inner-loop objective called ``name``; ``supervised`` is the learner's ``loss``."""
+        if name == SUPERVISED:
+            return _LossObjective(self.loss)
+        if self.objectives is None:
+            raise ValueError(f"this learner has only the 'supervised' objective, not {name!r}")
+        return self.objectives(name)
+
+    def for_objective(self, prepared: PreparedTasks, fast: FastWeights, name: str) -> PreparedTasks:
+        """``prepared`` with the targets objective ``name`` takes from the output of ``fast`` (the start weights).
+
+        Called once before an inner loop: a pseudo-label objective labels the batch here, so its
+        targets stay fixed while the weights move. ``supervised`` returns ``prepared`` unchanged.
+        """
+        if name == SUPERVISED:
+            return prepared
+        objective = self.objective(name)
+        with torch.no_grad():
+            output = self._run_from_prepared({n: w.detach() for n, w in fast.items()}, prepared)
+        return replace(prepared, targets=objective.targets(output, prepared.targets))
+
+    def losses(self, fast: FastWeights, prepared: PreparedTasks, create_graph: bool = False,
+               objective: str = SUPERVISED) -> Tensor:
+        """Per-task mean loss ``[T]`` with ``fast`` weights (each ``[T, *shape]``) under objective ``objective``
+        (``prepared`` must carry that objective's targets: :meth:`for_objective`)."""
+        loss = self.loss if objective == SUPERVISED else self.objective(objective)
         with higher_order_kernels(create_graph):
             output = self._run_from_prepared(fast, prepared)
-            per_example = self.loss(output, prepared.targets, differentiable=create_graph)
+            per_example = loss(output, prepared.targets, differentiable=create_graph)
         return per_example.reshape(prepared.num_tasks, -1).mean(dim=1)
 
     def outputs(self, fast: FastWeights, prepared: PreparedTasks) -> tuple[Tensor, ...]:

@@ -24,6 +24,7 @@ from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.config import check_at_least, check_positive
+from metaspeech.collapse_guard import CollapseGuard
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError, TrainingStalledError
 from metaspeech.evaluation import word_errors
@@ -33,6 +34,7 @@ from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
 from metaspeech.models.recognizer import Recognizer, check_recognizer
+from metaspeech.objectives import check_objective
 from metaspeech.oracle import OracleFit, SpeakerOracle
 from metaspeech.predictions import HypothesisWriter
 from metaspeech.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
@@ -75,6 +77,11 @@ class MetaSpeechModule(L.LightningModule):
             meta-parameters (learned rates, a hypernetwork). Every other recognizer weight stays as loaded.
         max_consecutive_skips: stop the fit with a :class:`~metaspeech.errors.TrainingStalledError` after this
             many non-finite outer steps in a row (a run that cannot make progress must not run forever).
+        test_objective: what test-time adaptation (``adapt``, the k x s protocol, ``metaspeech adapt``) minimizes:
+            ``supervised`` (CTC on transcripts), or label-free ``entropy``, ``entropy_mcc`` or ``pseudo_label``
+            (:mod:`metaspeech.objectives`; docs/label_free.md).
+        label_free_guard: keep a label-free adaptation only where the collapse guard passes it
+            (:mod:`metaspeech.collapse_guard`).
     """
 
     def __init__(
@@ -85,7 +92,7 @@ class MetaSpeechModule(L.LightningModule):
         augmentation: EpisodeAugmentation | None = None, adaptation_guard: str = "none", tasks_per_chunk: int | None = None,
         oracle: SpeakerOracle | None = None, test_time: TestTimeAdaptation | None = None,
         test_time_selection: TestTimeSelection | None = None, freeze_body: bool = False,
-        max_consecutive_skips: int = 20,
+        max_consecutive_skips: int = 20, test_objective: str = "supervised", label_free_guard: bool = True,
     ) -> None:
         super().__init__()
         check_decay(lr_decay)
@@ -104,15 +111,19 @@ class MetaSpeechModule(L.LightningModule):
         # override them when a user tests it with other shots, steps or an output folder, or resumes it.
         self.save_hyperparameters(ignore=["recognizer", "algorithm", "test_shots", "test_steps", "results_dir",
                                           "init_from", "augmentation", "adaptation_guard", "oracle",
-                                          "test_time", "test_time_selection", "max_consecutive_skips"])
+                                          "test_time", "test_time_selection", "max_consecutive_skips",
+                                          "test_objective", "label_free_guard"])
         self.automatic_optimization = False
         self.model, self.algorithm, self.augmentation = recognizer, algorithm, augmentation
         self.tasks_per_chunk, self.results_dir, self.init_from = tasks_per_chunk, results_dir, init_from
         self.oracle = oracle if oracle is not None else SpeakerOracle()
         self.scope = list(scope) if scope is not None else ["lin", "lhuc", "head"]
-        self.learner = Learner(recognizer, recognizer.loss, self.scope)
+        check_objective(algorithm.inner_objective, "model.algorithm.init_args.inner_objective")
+        self.learner = Learner(recognizer, recognizer.loss, self.scope, objectives=recognizer.objective)
         self.algorithm.setup(self.learner)
         self.test_time_selection = test_time_selection
+        self.test_objective = check_objective(test_objective, "model.test_objective")
+        self.collapse_guard = CollapseGuard() if label_free_guard else None
         self.use_test_time(test_time if test_time is not None else TestTimeAdaptation(), adaptation_guard)
         self._accent_mates: dict[str, list[TaskBatch]] = {}  # test task -> oracle pools of its accent mates
         self.test_shots = list(test_shots) if test_shots is not None else [1, 5, 10]
@@ -224,11 +235,13 @@ class MetaSpeechModule(L.LightningModule):
         """Adapt with ``settings`` from now on (the one place test-time settings live: ``self.test_time``)."""
         self.test_time = settings
         guard = guard if guard is not None else self.adapter.guard
-        self.adapter = FewShotAdapter(self.model, self.learner, self.algorithm, guard, settings)
+        self.adapter = FewShotAdapter(self.model, self.learner, self.algorithm, guard, settings, self.test_objective,
+                                      self.collapse_guard)
 
-    def adapt(self, support: TaskBatch, steps: int) -> FastWeights:
-        """Adapt to the tasks in ``support`` for ``steps`` inner steps; detached fast weights ``[T, ...]``."""
-        return self.adapter.adapt(support, steps, loss_scale(grad_scaler(self._trainer)))
+    def adapt(self, support: TaskBatch, steps: int, objective: str | None = None) -> FastWeights:
+        """Adapt to the tasks in ``support`` for ``steps`` inner steps minimizing ``objective`` (default:
+        ``test_objective``); detached fast weights ``[T, ...]``."""
+        return self.adapter.adapt(support, steps, loss_scale(grad_scaler(self._trainer)), objective)
 
     def adapt_along(self, support: TaskBatch, steps: list[int]) -> dict[int, FastWeights]:
         """:meth:`adapt` for every step count in ``steps`` at once (one inner loop, read along the way)."""

@@ -60,10 +60,11 @@ class TestTimeAdaptation:
             )
         return learner
 
-    def loop(self, algorithm: MetaAlgorithm, steps: int, record: tuple[int, ...]) -> InnerLoop:
+    def loop(self, algorithm: MetaAlgorithm, steps: int, record: tuple[int, ...], objective: str = "supervised") -> InnerLoop:
         """The plugin's own inner loop (``algorithm.inner_loop``, so an override holds at test time), first order,
-        recording ``record``, with this optimizer and learning rate."""
-        return replace(algorithm.inner_loop(steps), create_graph=False, record=record, optimizer=self.optimizer, lr=self.lr)
+        recording ``record``, with this optimizer and learning rate, minimizing ``objective``."""
+        return replace(algorithm.inner_loop(steps), create_graph=False, record=record, optimizer=self.optimizer, lr=self.lr,
+                       objective=objective)
 
     def describe(self) -> dict[str, object]:
         """The settings as plain values (for the report)."""

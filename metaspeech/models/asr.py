@@ -27,6 +27,7 @@ from metaspeech.losses import CTCLoss
 from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.models.staged import Stage
+from metaspeech.objectives import ctc_objective
 from metaspeech.precision import full_precision, lstm_needs_float32
 
 
@@ -226,6 +227,10 @@ class CTCRecognizer(Recognizer):
     def loss(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
         """CTC per utterance ``[N]``, divided by its target length (:class:`~metaspeech.losses.CTCLoss`)."""
         return CTCLoss(self.blank)(output, targets, differentiable)
+
+    def objective(self, name: str):  # type: ignore[no-untyped-def]
+        """A label-free objective: ``entropy``, ``entropy_mcc`` or ``pseudo_label`` (:mod:`metaspeech.objectives`)."""
+        return ctc_objective(name, self.blank)
 
     def decode(self, output: tuple[Tensor, ...]) -> list[list[int]]:
         """Best-path CTC decoding: argmax per frame, repeats collapsed, blanks dropped."""

@@ -11,11 +11,15 @@ protocol work for any recognizer unchanged (docs/architecture.md, "Add a recogni
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from metaspeech.errors import ConfigError
 from metaspeech.models.staged import StagedModel
+
+if TYPE_CHECKING:
+    from metaspeech.learner import TaskObjective
 
 CONSTRUCTOR_ARGUMENTS = ("vocab_size", "input_dim")
 """Set from the data module by the CLI (``data.vocab_size``, ``data.feature_dim``): every recognizer takes them."""
@@ -52,6 +56,15 @@ class Recognizer(StagedModel):
         differentiate through the inner-loop gradient.
         """
         raise NotImplementedError(f"{type(self).__name__} does not define its training loss")
+
+    def objective(self, name: str) -> "TaskObjective":
+        """The label-free adaptation objective ``name`` (a :class:`~metaspeech.learner.TaskObjective`).
+
+        ``supervised`` is :meth:`loss` (the :class:`~metaspeech.learner.Learner` uses it directly); a recognizer
+        adds label-free objectives here (``entropy``, ``pseudo_label`` for CTC: :mod:`metaspeech.objectives`),
+        so an algorithm adapts without transcripts while knowing nothing of speech.
+        """
+        raise ConfigError(f"{type(self).__name__} has no label-free adaptation objective {name!r}")
 
     def decode(self, output: tuple[Tensor, ...]) -> list[list[int]]:
         """Token ids of each utterance, ``N`` lists, from the output state (the tokenizer turns them into text)."""

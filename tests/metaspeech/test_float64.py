@@ -80,3 +80,51 @@ def test_second_order_meta_gradient_of_a_recognizer_matches_central_differences(
     epsilon = 1e-5
     numeric = (objective(epsilon) - objective(-epsilon)) / (2 * epsilon)
     assert abs(float(analytic) - numeric) <= 1e-7 * max(1.0, abs(numeric)), (float(analytic), numeric)
+
+
+def _masked_frame_entropy(log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean per-frame entropy over valid frames, written out independently of metaspeech.objectives."""
+    frames = torch.arange(log_probs.shape[1])[None, :] < lengths[:, None]
+    entropy = -(log_probs.exp() * log_probs).sum(-1) * frames
+    return entropy.sum(1) / frames.sum(1)
+
+
+@pytest.mark.parametrize("second_order", [True, False])
+def test_entropy_inner_loss_meta_gradient_matches_hand_unrolled_reference(second_order: bool, meta_batch: MetaBatch) -> None:
+    """MAML with a label-free inner loop (entropy on the support) and the supervised CTC outer loss on the query:
+    the head's meta-gradient equals a hand-unrolled head (linear + log-softmax) with the same two losses, float64."""
+    steps, lr = 2, 0.5
+    model = _recognizer("bilstm")
+    learner = Learner(model, model.loss, ["head"], objectives=model.objective)
+    algorithm = MAML(inner_steps=steps, inner_lr=lr, second_order=second_order, inner_objective="entropy")
+    model.zero_grad()
+    algorithm.outer_loss(learner, meta_batch).loss.backward()
+    names = ["stages.head.linear.weight", "stages.head.linear.bias"]
+    params = dict(model.named_parameters())
+    engine = [params[n].grad.clone() for n in names]
+
+    weight, bias = (params[n].detach().clone().requires_grad_() for n in names)
+    with torch.no_grad():
+        support, query = learner.prepare(meta_batch.support), learner.prepare(meta_batch.query)
+    tasks, per_task = meta_batch.num_tasks, meta_batch.support.examples_per_task
+    total = 0.0
+    for t in range(tasks):
+        rows = slice(t * per_task, (t + 1) * per_task)
+        (h, lengths), (hq, lengths_q) = ((s.state[0][rows], s.state[1][rows]) for s in (support, query))
+        fast = [weight, bias]
+        for _ in range(steps):
+            inner = _masked_frame_entropy(torch.log_softmax(h @ fast[0].T + fast[1], -1), lengths).mean()
+            grads = torch.autograd.grad(inner, fast, create_graph=second_order)
+            fast = [w - lr * g for w, g in zip(fast, grads)]
+        tokens, token_lengths = (x[rows] for x in query.targets)
+        log_probs = torch.log_softmax(hq @ fast[0].T + fast[1], -1)
+        ctc = torch.nn.functional.ctc_loss(log_probs.transpose(0, 1), tokens, lengths_q, token_lengths, reduction="none",
+                                           zero_infinity=True)
+        total = total + (ctc / token_lengths.clamp(min=1)).mean()
+    reference = torch.autograd.grad(total / tasks, [weight, bias])
+    for got, want in zip(engine, reference):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    if second_order:  # the entropy's Hessian term is really there
+        model.zero_grad()
+        MAML(inner_steps=steps, inner_lr=lr, second_order=False, inner_objective="entropy").outer_loss(learner, meta_batch).loss.backward()
+        assert not torch.allclose(params[names[0]].grad, engine[0])

@@ -48,9 +48,9 @@ def _corrupt_losses_call(monkeypatch, module, call: int, corrupt) -> None:
     original = module.learner.losses
     calls = {"n": 0}
 
-    def losses(fast, prepared, create_graph=False):
+    def losses(fast, prepared, create_graph=False, **kwargs):
         calls["n"] += 1
-        result = original(fast, prepared, create_graph)
+        result = original(fast, prepared, create_graph, **kwargs)
         return corrupt(result) if calls["n"] == call else result
 
     monkeypatch.setattr(module.learner, "losses", losses)

@@ -1,0 +1,60 @@
+"""``metaspeech adapt`` on a folder of audio without transcripts, through the console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.metaspeech.test_console_script import QUIET, REPO, TINY, assert_one_line_error, run, tiny_data
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, corpus_root, feature_cache) -> Path:
+    """A tiny FOMAML model fitted for 3 steps through the console script."""
+    root = tmp_path_factory.mktemp("label-free-fit")
+    result = run("fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"), *TINY, *QUIET,
+                 f"--trainer.default_root_dir={root}", "--trainer.max_steps=3", "--trainer.limit_val_batches=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sorted(root.rglob("*.ckpt"))[-1]
+
+
+@pytest.fixture
+def audio_only(corpus_root: Path, tmp_path: Path) -> Path:
+    """Five recordings of one held-out speaker, without any transcript."""
+    manifest = next(corpus_root.glob("tiny-seed0/manifest.jsonl"))
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    speaker = next(r["speaker"] for r in rows if r["split"] == "test")
+    folder = tmp_path / "speaker"
+    folder.mkdir()
+    for row in [r for r in rows if r["speaker"] == speaker][:5]:
+        shutil.copy(manifest.parent / row["audio_filepath"], folder)
+    return folder
+
+
+def test_label_free_adapt_on_audio_only_changes_the_transcripts(checkpoint: Path, audio_only: Path, tmp_path: Path) -> None:
+    adaptation = tmp_path / "speaker.pt"
+    adapted = run("adapt", "--checkpoint", str(checkpoint), "--data", str(audio_only), "--output", str(adaptation),
+                  "--objective", "entropy", "--steps", "3", "--lr", "1.0")
+    assert adapted.returncode == 0, adapted.stderr[-3000:]
+    assert "objective entropy" in adapted.stdout
+    saved = torch.load(adaptation, weights_only=True)
+    assert saved["objective"] == "entropy" and saved["guard_kept"] and saved["utterances"] == 5
+    assert saved["support_loss_after"] < saved["support_loss_before"]
+    plain = run("transcribe", "--checkpoint", str(checkpoint), str(audio_only))
+    with_adaptation = run("transcribe", "--checkpoint", str(checkpoint), "--adaptation", str(adaptation), str(audio_only))
+    assert plain.returncode == 0 and with_adaptation.returncode == 0, with_adaptation.stderr[-3000:]
+    before, after = plain.stdout.splitlines(), with_adaptation.stdout.splitlines()
+    assert len(before) == len(after) == 5
+    assert [line.split("\t")[0] for line in before] == [line.split("\t")[0] for line in after]
+    assert before != after
+
+
+def test_supervised_adapt_on_audio_only_is_a_one_line_error_naming_the_option(checkpoint: Path, audio_only: Path,
+                                                                              tmp_path: Path) -> None:
+    result = run("adapt", "--checkpoint", str(checkpoint), "--data", str(audio_only), "--output", str(tmp_path / "a.pt"))
+    assert_one_line_error(result, "no transcript", "--objective entropy")
+    assert not (tmp_path / "a.pt").exists()
