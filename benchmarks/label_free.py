@@ -33,8 +33,14 @@ import torch
 
 from metaspeech.experiment import QUICK_RUN, _cli
 from metaspeech.inference import load_module
-from metaspeech.label_free import (LabelFreeRow, choose_on_meta_val, evaluate_speaker, one_task_per_utterance, report_rows,
-                                   test_time_learning_rate)
+from metaspeech.label_free import (
+    LabelFreeRow,
+    choose_on_meta_val,
+    evaluate_speaker,
+    one_task_per_utterance,
+    report_rows,
+    test_time_learning_rate,
+)
 from metaspeech.label_free_report import share_of_gain
 from metaspeech.objectives import LABEL_FREE, SUPERVISED
 

@@ -17,8 +17,8 @@ from typing import Any, Iterable
 from lightning.pytorch.callbacks import Callback
 
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport
-from metaspeech.lightning_cli import build_cli
 from metaspeech.label_free_report import label_free_markdown, summarize_label_free
+from metaspeech.lightning_cli import build_cli
 from metaspeech.parallel_runs import Run, run_side_by_side
 from metaspeech.reporting import last_test_report
 

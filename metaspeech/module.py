@@ -23,8 +23,8 @@ from metaspeech.algorithms.base import MetaAlgorithm, OuterResult
 from metaspeech.augmentation import EpisodeAugmentation
 from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
-from metaspeech.config import check_at_least, check_positive
 from metaspeech.collapse_guard import CollapseGuard
+from metaspeech.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError, TrainingStalledError
 from metaspeech.evaluation import word_errors

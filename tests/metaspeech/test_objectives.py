@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metaspeech.adapter import FewShotAdapter
-from metaspeech.algorithms import FOMAML, HyperInit, MAML, MetaSGD
+from metaspeech.algorithms import FOMAML, MAML, HyperInit, MetaSGD
 from metaspeech.batch import MetaBatch, TaskBatch
 from metaspeech.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
 from metaspeech.errors import ConfigError
