@@ -8,8 +8,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from metaspeech.algorithms.base import MetaAlgorithm
-from metaspeech.learner import FastWeights, Learner, PreparedTasks
+from metaspeech.engine.algorithm import MetaAlgorithm
+from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
 
 
 class WeightGenerator(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from metaspeech.algorithms.base import MetaAlgorithm
+from metaspeech.engine.algorithm import MetaAlgorithm
 
 
 class MAML(MetaAlgorithm):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metaspeech.algorithms.base import MetaAlgorithm
-from metaspeech.learner import Learner
+from metaspeech.engine.algorithm import MetaAlgorithm
+from metaspeech.engine.learner import Learner
 
 
 class MetaSGD(MetaAlgorithm):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from metaspeech.algorithms.base import MetaAlgorithm, OuterResult
-from metaspeech.batch import MetaBatch, TaskBatch
-from metaspeech.learner import Learner
+from metaspeech.engine.algorithm import MetaAlgorithm, OuterResult
+from metaspeech.engine.batch import MetaBatch, TaskBatch
+from metaspeech.engine.learner import Learner
 
 
 class Reptile(MetaAlgorithm):

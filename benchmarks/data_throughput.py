@@ -32,7 +32,7 @@ def main() -> None:
     from metaspeech.algorithms import FOMAML
     from metaspeech.datamodules import EmbeddedCorpus
     from metaspeech.datamodules.embedded import generate_corpus
-    from metaspeech.learner import Learner
+    from metaspeech.engine.learner import Learner
     from metaspeech.manifest import read_manifest
     from metaspeech.models import BiLSTMCTC
 

@@ -37,7 +37,7 @@ def synthetic_meta_batch(tasks: int, shots: int, frames: int, vocab: int, seed: 
     """Random features ``[T, k, frames, 80]`` and token targets, the size of ~2 s utterances."""
     import torch
 
-    from metaspeech.batch import MetaBatch, TaskBatch
+    from metaspeech.engine.batch import MetaBatch, TaskBatch
 
     g = torch.Generator().manual_seed(seed)
 
@@ -61,7 +61,7 @@ def build_step(args: argparse.Namespace, model_kwargs: dict | None = None) -> tu
 
     from benchmarks.reference_loop import reference_outer_loss
     from metaspeech.algorithms import FOMAML, MAML, HyperInit, Reptile
-    from metaspeech.learner import Learner
+    from metaspeech.engine.learner import Learner
     from metaspeech.models import BiLSTMCTC
 
     torch.manual_seed(0)
@@ -138,7 +138,7 @@ def peak_memory(device: str = "cpu") -> float:
 
 
 def _to(batch, device):
-    from metaspeech.batch import TaskBatch
+    from metaspeech.engine.batch import TaskBatch
 
     return TaskBatch(tuple(x.to(device) for x in batch.inputs), tuple(y.to(device) for y in batch.targets))
 

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from metaspeech.batch import MetaBatch, TaskBatch
-from metaspeech.learner import higher_order_kernels
+from metaspeech.engine.batch import MetaBatch, TaskBatch
+from metaspeech.engine.learner import higher_order_kernels
 
 
 def _task_loss(model, loss_fn, params: dict[str, Tensor], batch: TaskBatch, t: int, create_graph: bool) -> Tensor:

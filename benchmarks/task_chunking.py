@@ -27,7 +27,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from benchmarks.engine_speed import peak_memory, synthetic_meta_batch, timed_steps
     from metaspeech.algorithms import MAML
-    from metaspeech.learner import Learner
+    from metaspeech.engine.learner import Learner
     from metaspeech.models import BiLSTMCTC
 
     torch.set_num_threads(args.threads)

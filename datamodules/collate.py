@@ -1,4 +1,4 @@
-"""Collation: utterance items -> :class:`~metaspeech.batch.TaskBatch` / :class:`~metaspeech.batch.MetaBatch`.
+"""Collation: utterance items -> :class:`~metaspeech.engine.batch.TaskBatch` / :class:`~metaspeech.engine.batch.MetaBatch`.
 
 A :class:`TaskBatch` carries a leading ``[T, B]`` on every tensor so that all
 tasks of a meta-batch run as one batched forward/backward:
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
+from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.datamodules.dataset import UtteranceDataset, UtteranceItem
 from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler
 

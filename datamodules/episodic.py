@@ -22,9 +22,9 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from metaspeech.audio import load_audio
-from metaspeech.batch import EvaluationBatch
+from metaspeech.engine.batch import EvaluationBatch
 from metaspeech.checkpoint_io import read_metaspeech_section
-from metaspeech.config import check_at_least
+from metaspeech.engine.config import check_at_least
 from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
 from metaspeech.datamodules.dataset import UtteranceDataset
 from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler, make_evaluation_tasks
@@ -33,7 +33,7 @@ from metaspeech.datamodules.validation import check_task_sizes, validate_utteran
 from metaspeech.errors import ConfigError, DataError
 from metaspeech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
-from metaspeech.randomness import unit_interval
+from metaspeech.engine.randomness import unit_interval
 from metaspeech.text import normalize_text
 from metaspeech.tokenizer import CharTokenizer, Tokenizer
 

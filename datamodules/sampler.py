@@ -21,7 +21,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 
 from metaspeech.errors import ConfigError
-from metaspeech.randomness import seeded_generator
+from metaspeech.engine.randomness import seeded_generator
 
 _MAX_NAMED = 20  # tasks named in one warning before "and N more"
 

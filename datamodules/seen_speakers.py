@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from metaspeech.evaluation import SEEN_SPEAKERS as SEEN_GROUP
 from metaspeech.manifest import Utterance
-from metaspeech.randomness import seed_from_keys
+from metaspeech.engine.randomness import seed_from_keys
 from metaspeech.text import normalize_text
 
 SUFFIX = "@seen"

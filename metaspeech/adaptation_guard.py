@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from metaspeech.batch import TaskBatch
+from metaspeech.engine.batch import TaskBatch
 from metaspeech.errors import ConfigError
-from metaspeech.learner import FastWeights
+from metaspeech.engine.learner import FastWeights
 
 ADAPTATION_GUARDS = ("none", "cross_validation")
 GUARD_FOLDS = 5

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from metaspeech.adaptation_guard import check_guard, guarded_adapt
-from metaspeech.algorithms.base import MetaAlgorithm
-from metaspeech.algorithms.inner_loop import InnerLoop
-from metaspeech.batch import TaskBatch
+from metaspeech.engine.algorithm import MetaAlgorithm
+from metaspeech.engine.inner_loop import InnerLoop
+from metaspeech.engine.batch import TaskBatch
 from metaspeech.collapse_guard import CollapseGuard
-from metaspeech.learner import FastWeights, Learner, PreparedTasks
+from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
 from metaspeech.loss_scaling import retry_at_smaller_scales
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.objectives import SUPERVISED

@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from metaspeech.batch import MetaBatch, TaskBatch
+from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.features import SpecAugment
 
 

@@ -57,7 +57,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 from torch import nn
 
-from metaspeech.config import instantiate
+from metaspeech.engine.config import instantiate
 from metaspeech.errors import ConfigError, MetaSpeechError
 from metaspeech.features import FeatureConfig
 from metaspeech.loggers import log_version, wandb_run_id

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from metaspeech.audio import load_audio
-from metaspeech.batch import TaskBatch
+from metaspeech.engine.batch import TaskBatch
 from metaspeech.checkpoint_io import (
     CheckpointError,
     load_checkpoint_file,

@@ -37,8 +37,8 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 
-from metaspeech.algorithms.base import MetaAlgorithm
-from metaspeech.batch import EvaluationBatch, TaskBatch
+from metaspeech.engine.algorithm import MetaAlgorithm
+from metaspeech.engine.batch import EvaluationBatch, TaskBatch
 from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance

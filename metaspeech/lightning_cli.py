@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaspeech.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
-from metaspeech.config import import_class
+from metaspeech.engine.config import import_class
 from metaspeech.config_errors import readable_config_error
 from metaspeech.datamodules.episodic import EpisodicDataModule
 from metaspeech.errors import ConfigError, MetaSpeechError

@@ -2,7 +2,7 @@
 
 Why the Trainer's scaler: under ``16-mixed`` Lightning's GradScaler already tracks a scale
 at which the outer gradients neither underflow nor overflow; the inner loop uses the same
-one (passed explicitly, :class:`~metaspeech.algorithms.inner_loop.InnerLoop`). A training
+one (passed explicitly, :class:`~metaspeech.engine.inner_loop.InnerLoop`). A training
 step whose inner gradients overflow is skipped and backs the scale off as GradScaler does
 on an overflowing outer step (:func:`back_off`); test-time adaptation cannot skip, so it
 halves the scale until the inner gradients are finite (:func:`retry_at_smaller_scales`).
@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from metaspeech.algorithms.inner_loop import InnerGradientOverflowError
+from metaspeech.engine.inner_loop import InnerGradientOverflowError
 
 T = TypeVar("T")
 

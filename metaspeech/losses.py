@@ -1,4 +1,4 @@
-"""Per-utterance losses in the :class:`~metaspeech.learner.TaskLoss` form."""
+"""Per-utterance losses in the :class:`~metaspeech.engine.learner.TaskLoss` form."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ import torch
 from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from torch import Tensor
 
-from metaspeech.algorithms.base import MetaAlgorithm, NonFiniteLossError, OuterResult
-from metaspeech.batch import MetaBatch
+from metaspeech.engine.algorithm import MetaAlgorithm, NonFiniteLossError, OuterResult
+from metaspeech.engine.batch import MetaBatch
 from metaspeech.errors import ConfigError
-from metaspeech.learner import Learner
+from metaspeech.engine.learner import Learner
 
 
 def check_chunk_size(tasks_per_chunk: int | None) -> int | None:

@@ -19,17 +19,17 @@ import torch
 from torch import Tensor
 
 from metaspeech.adapter import FewShotAdapter
-from metaspeech.algorithms.base import MetaAlgorithm, OuterResult
+from metaspeech.engine.algorithm import MetaAlgorithm, OuterResult
 from metaspeech.augmentation import EpisodeAugmentation
-from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
+from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.collapse_guard import CollapseGuard
-from metaspeech.config import check_at_least, check_positive
+from metaspeech.engine.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError, TrainingStalledError
 from metaspeech.evaluation import word_errors
 from metaspeech.features import FeatureConfig
-from metaspeech.learner import FastWeights, Learner
+from metaspeech.engine.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
@@ -38,7 +38,7 @@ from metaspeech.objectives import check_objective
 from metaspeech.oracle import OracleFit, SpeakerOracle
 from metaspeech.predictions import HypothesisWriter
 from metaspeech.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
-from metaspeech.randomness import seeded_rng
+from metaspeech.engine.randomness import seeded_rng
 from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_objects
 from metaspeech.schedule import check_decay, lr_factor
 from metaspeech.selection import TestTimeSelection

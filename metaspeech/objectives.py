@@ -9,7 +9,7 @@ transcripts. Both objectives here need audio only, so they adapt on untranscribe
 - ``pseudo_label``: CTC against the unadapted model's own greedy transcripts. Utterances whose
   mean max-posterior (over valid frames) is below ``min_confidence`` get weight 0.
 
-Every objective is a :class:`~metaspeech.learner.TaskObjective`: ``targets(output, targets)``
+Every objective is a :class:`~metaspeech.engine.learner.TaskObjective`: ``targets(output, targets)``
 is called once with the *unadapted* output before the inner loop (the pseudo-labels become the
 support's targets; the supervised and entropy objectives keep the batch's own), then
 ``objective(output, targets, differentiable) -> [N]`` at every inner step.

@@ -34,9 +34,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from metaspeech.batch import TaskBatch
-from metaspeech.learner import FastWeights, Learner, PreparedTasks, TaskLoss
-from metaspeech.models.staged import StagedModel
+from metaspeech.engine.batch import TaskBatch
+from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks, TaskLoss
+from metaspeech.engine.staged import StagedModel
 
 DEFAULT_SCOPES: tuple[str | tuple[str, ...], ...] = (("lin", "lhuc", "head"), "all")
 DEFAULT_LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)

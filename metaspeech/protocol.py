@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from metaspeech.adaptation_guard import Adapt, Loss
-from metaspeech.batch import EvaluationBatch, TaskBatch
+from metaspeech.engine.batch import EvaluationBatch, TaskBatch
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import UtteranceRecord, score_utterance, word_errors
-from metaspeech.learner import FastWeights
+from metaspeech.engine.learner import FastWeights
 from metaspeech.oracle import OracleFit
 
 AdaptAlong = Callable[[TaskBatch, Sequence[int]], dict[int, FastWeights]]

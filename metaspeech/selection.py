@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from metaspeech.adapter import FewShotAdapter
-from metaspeech.algorithms.base import MetaAlgorithm
-from metaspeech.batch import EvaluationBatch
+from metaspeech.engine.algorithm import MetaAlgorithm
+from metaspeech.engine.batch import EvaluationBatch
 from metaspeech.errors import ConfigError
-from metaspeech.learner import Learner
+from metaspeech.engine.learner import Learner
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.protocol import evaluation_word_errors
 from metaspeech.test_time import TestTimeAdaptation, scope_is_bound

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from metaspeech.algorithms.base import MetaAlgorithm
-from metaspeech.algorithms.inner_loop import INNER_OPTIMIZERS, InnerLoop
+from metaspeech.engine.algorithm import MetaAlgorithm
+from metaspeech.engine.inner_loop import INNER_OPTIMIZERS, InnerLoop
 from metaspeech.errors import ConfigError
-from metaspeech.learner import Learner
+from metaspeech.engine.learner import Learner
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class TestTimeAdaptation:
         scope: the adapted parameters (presets or name globs, as ``model.scope``); None: the training scope.
             A plugin with meta-parameters tied to its training scope (Meta-SGD's learning rates, HyperInit's
             generators) adapts its training scope only.
-        optimizer: ``sgd`` or ``adam`` (:meth:`~metaspeech.algorithms.inner_loop.InnerLoop.update`).
+        optimizer: ``sgd`` or ``adam`` (:meth:`~metaspeech.engine.inner_loop.InnerLoop.update`).
         lr: the learning rate of every inner step; None: the plugin's own (``eval_inner_lr``, or Meta-SGD's learned rates).
     """
 

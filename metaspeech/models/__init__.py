@@ -2,8 +2,8 @@
 
 from metaspeech.models.asr import BiLSTMCTC, ConformerCTC, CTCRecognizer
 from metaspeech.models.recognizer import Recognizer
-from metaspeech.models.scope import PRESETS as SCOPE_PRESETS
-from metaspeech.models.scope import ScopeError, resolve_scope
-from metaspeech.models.staged import StagedModel
+from metaspeech.engine.scope import PRESETS as SCOPE_PRESETS
+from metaspeech.engine.scope import ScopeError, resolve_scope
+from metaspeech.engine.staged import StagedModel
 
 __all__ = ["BiLSTMCTC", "ConformerCTC", "CTCRecognizer", "Recognizer", "StagedModel", "resolve_scope", "ScopeError", "SCOPE_PRESETS"]

@@ -13,7 +13,7 @@ Both recognizers share one layout (stage names in brackets)::
       -> [head]       Linear to the vocabulary + log_softmax -> log-probs [N, frames/4, V]
 
 The LIN, LHUC, adapter, LayerNorm and head parameters accept per-task fast
-weights (see :mod:`metaspeech.models.layers`), so those scopes run all tasks
+weights (see :mod:`metaspeech.engine.layers`), so those scopes run all tasks
 of a meta-batch in one batch.
 """
 
@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from metaspeech.ctc import greedy_decode
 from metaspeech.losses import CTCLoss
-from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
+from metaspeech.engine.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
 from metaspeech.models.recognizer import Recognizer
-from metaspeech.models.staged import Stage
+from metaspeech.engine.staged import Stage
 from metaspeech.objectives import ctc_objective
 from metaspeech.precision import full_precision, lstm_needs_float32
 

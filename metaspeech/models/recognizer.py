@@ -4,7 +4,7 @@ Why the loss and the decoder live on the recognizer: both belong to what its las
 emits. A CTC model emits per-frame log-probs, trained with CTC and read by collapsing
 repeats; an attention decoder or a transducer emits something else, with its own loss and
 its own search. With both on the recognizer, :class:`~metaspeech.module.MetaSpeechModule`,
-the :class:`~metaspeech.learner.Learner` it builds, the speaker oracle and the test
+the :class:`~metaspeech.engine.learner.Learner` it builds, the speaker oracle and the test
 protocol work for any recognizer unchanged (docs/architecture.md, "Add a recognizer").
 """
 
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from metaspeech.errors import ConfigError
-from metaspeech.models.staged import StagedModel
+from metaspeech.engine.staged import StagedModel
 
 if TYPE_CHECKING:
-    from metaspeech.learner import TaskObjective
+    from metaspeech.engine.learner import TaskObjective
 
 CONSTRUCTOR_ARGUMENTS = ("vocab_size", "input_dim")
 """Set from the data module by the CLI (``data.vocab_size``, ``data.feature_dim``): every recognizer takes them."""
@@ -39,17 +39,17 @@ class Recognizer(StagedModel):
     - the constructor takes ``vocab_size`` and ``input_dim`` (:data:`CONSTRUCTOR_ARGUMENTS`);
     - ``stages`` is an ordered ``nn.ModuleDict`` of ``(x, lengths) -> (x, lengths)`` stages, one of them
       named ``head`` (:data:`HEAD_STAGE`), and every parameter lives in a stage (``stages.<name>.``): the
-      :class:`~metaspeech.learner.Learner` caches the stages below the first adapted parameter;
+      :class:`~metaspeech.engine.learner.Learner` caches the stages below the first adapted parameter;
     - :meth:`loss` and :meth:`decode` are defined;
     - for the default scope (``[lin, lhuc, head]``) it has LIN and LHUC layers
-      (:mod:`metaspeech.models.layers`); other scopes need only what they name.
+      (:mod:`metaspeech.engine.layers`); other scopes need only what they name.
 
     :meth:`loss` and :meth:`decode` read the model's output state (what the last stage returns, flattened
     over tasks: leading dimension ``N = T * B``), so they never run the model themselves.
     """
 
     def loss(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
-        """Per-utterance training loss ``[N]`` (the :class:`~metaspeech.learner.TaskLoss` of the Learner).
+        """Per-utterance training loss ``[N]`` (the :class:`~metaspeech.engine.learner.TaskLoss` of the Learner).
 
         ``targets`` are the batch's flattened targets (for speech ``(tokens [N, S], token_lengths [N])``).
         ``differentiable=True`` asks for a loss with a double backward: second-order algorithms
@@ -58,9 +58,9 @@ class Recognizer(StagedModel):
         raise NotImplementedError(f"{type(self).__name__} does not define its training loss")
 
     def objective(self, name: str) -> "TaskObjective":
-        """The label-free adaptation objective ``name`` (a :class:`~metaspeech.learner.TaskObjective`).
+        """The label-free adaptation objective ``name`` (a :class:`~metaspeech.engine.learner.TaskObjective`).
 
-        ``supervised`` is :meth:`loss` (the :class:`~metaspeech.learner.Learner` uses it directly); a recognizer
+        ``supervised`` is :meth:`loss` (the :class:`~metaspeech.engine.learner.Learner` uses it directly); a recognizer
         adds label-free objectives here (``entropy``, ``pseudo_label`` for CTC: :mod:`metaspeech.objectives`),
         so an algorithm adapts without transcripts while knowing nothing of speech.
         """

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML, MAML, InnerGradientOverflowError, InnerLoop
-from metaspeech.learner import Learner
-from metaspeech.toy import SineMLP, mse_loss, sine_meta_batch, sine_tasks
+from metaspeech.engine.learner import Learner
+from metaspeech.engine.toy import SineMLP, mse_loss, sine_meta_batch, sine_tasks
 
 TINY = 1e-7  # puts the per-example output gradients (~1e-8) below float16's range
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML, MAML, HyperInit, MetaSGD, NonFiniteLossError, Reptile
-from metaspeech.batch import TaskBatch
-from metaspeech.learner import Learner
-from metaspeech.toy import SineMLP, mse_loss, sine_meta_batch
+from metaspeech.engine.batch import TaskBatch
+from metaspeech.engine.learner import Learner
+from metaspeech.engine.toy import SineMLP, mse_loss, sine_meta_batch
 
 LR = 0.05
 STEPS = 2

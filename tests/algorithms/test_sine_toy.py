@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML, MAML, HyperInit, JointTraining, MetaSGD, Reptile
-from metaspeech.learner import Learner
-from metaspeech.toy import SineMLP, mse_loss, sine_meta_batch
+from metaspeech.engine.learner import Learner
+from metaspeech.engine.toy import SineMLP, mse_loss, sine_meta_batch
 
 ALGORITHMS = {
     "maml": lambda: MAML(inner_steps=1, inner_lr=0.03),

@@ -12,7 +12,7 @@ import torch
 
 from metaspeech.algorithms import HyperInit
 from metaspeech.datamodules.collate import collate_tasks
-from metaspeech.learner import Learner
+from metaspeech.engine.learner import Learner
 from metaspeech.models import BiLSTMCTC
 
 SHOTS = 3

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from metaspeech.batch import MetaBatch, TaskBatch
+from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.datamodules.collate import (
     MetaBatchCollator,
     collate_evaluation_task,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metaspeech.adaptation_guard import GUARD_FOLDS, adaptation_helps, check_guard, guarded_adapt
-from metaspeech.batch import TaskBatch
+from metaspeech.engine.batch import TaskBatch
 from metaspeech.errors import ConfigError
 
 

@@ -9,7 +9,7 @@ import torch
 
 from metaspeech.adapter import FewShotAdapter
 from metaspeech.algorithms import FOMAML, HyperInit, InnerLoop, MetaSGD
-from metaspeech.learner import Learner
+from metaspeech.engine.learner import Learner
 from metaspeech.models import BiLSTMCTC
 from metaspeech.oracle import SpeakerOracle
 from metaspeech.test_time import TestTimeAdaptation

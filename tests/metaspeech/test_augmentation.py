@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metaspeech.augmentation import EpisodeAugmentation, FrequencyWarp, warp_frequency
-from metaspeech.batch import MetaBatch, TaskBatch
+from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.features import SpecAugment
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from metaspeech.algorithms import MAML
-from metaspeech.batch import MetaBatch, TaskBatch
-from metaspeech.learner import Learner
+from metaspeech.engine.batch import MetaBatch, TaskBatch
+from metaspeech.engine.learner import Learner
 from metaspeech.models import BiLSTMCTC, ConformerCTC
 
 

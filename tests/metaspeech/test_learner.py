@@ -12,8 +12,8 @@ import torch
 
 from benchmarks.reference_loop import reference_outer_loss
 from metaspeech.algorithms import FOMAML, MAML, Reptile
-from metaspeech.batch import MetaBatch, TaskBatch
-from metaspeech.learner import Learner
+from metaspeech.engine.batch import MetaBatch, TaskBatch
+from metaspeech.engine.learner import Learner
 from metaspeech.models import BiLSTMCTC, ConformerCTC
 
 RECOGNIZERS = {

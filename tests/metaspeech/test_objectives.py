@@ -7,11 +7,11 @@ import torch
 
 from metaspeech.adapter import FewShotAdapter
 from metaspeech.algorithms import FOMAML, MAML, HyperInit, MetaSGD
-from metaspeech.batch import MetaBatch, TaskBatch
+from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
 from metaspeech.errors import ConfigError
 from metaspeech.label_free import without_transcripts
-from metaspeech.learner import Learner
+from metaspeech.engine.learner import Learner
 from metaspeech.models import BiLSTMCTC
 from metaspeech.objectives import EntropyObjective, PseudoLabelObjective, class_confusion, frame_entropy, mean_confidence
 

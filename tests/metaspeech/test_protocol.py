@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.batch import EvaluationBatch, TaskBatch
+from metaspeech.engine.batch import EvaluationBatch, TaskBatch
 from metaspeech.errors import ConfigError
 from metaspeech.oracle import OracleFit
 from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores

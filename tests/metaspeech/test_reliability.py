@@ -436,7 +436,7 @@ def test_many_meta_steps_do_not_grow_memory(tiny_trainer, one_thread) -> None:
     from torch.utils.data import DataLoader
 
     from metaspeech.algorithms import MAML
-    from metaspeech.batch import EvaluationBatch, MetaBatch, TaskBatch
+    from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
     from metaspeech.models import BiLSTMCTC
     from metaspeech.module import MetaSpeechModule
 

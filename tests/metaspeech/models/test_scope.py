@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metaspeech.models import BiLSTMCTC
-from metaspeech.models.scope import ScopeError, resolve_scope
+from metaspeech.engine.scope import ScopeError, resolve_scope
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ are ``[T * B, ...]`` and a fast weight is either shared (its usual shape) or
 per task (``[T, *shape]``). The layers below detect per-task weights by their
 extra leading dimension and apply task t's weights to rows ``t*B:(t+1)*B``.
 Layers outside this module (LSTM, convolution) only run with shared weights; the
-:class:`~metaspeech.learner.Learner` falls back to a per-task loop when such a
+:class:`~metaspeech.engine.learner.Learner` falls back to a per-task loop when such a
 layer is in the adaptation scope.
 """
 

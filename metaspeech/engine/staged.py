@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from metaspeech.config import RecordsInitArgs
+from metaspeech.engine.config import RecordsInitArgs
 
 
 class StagedModel(RecordsInitArgs, nn.Module):

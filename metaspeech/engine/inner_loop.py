@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from metaspeech.learner import FastWeights
+from metaspeech.engine.learner import FastWeights
 
 
 class NonFiniteLossError(FloatingPointError):

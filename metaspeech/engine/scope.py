@@ -9,7 +9,7 @@ parameter names (``fnmatch``), and the scope is their union::
     scope: [all]                         # full-model MAML
 
 Presets select by layer type, so they work for every model built from
-:mod:`metaspeech.models.layers`.
+:mod:`metaspeech.engine.layers`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 from torch import nn
 
 from metaspeech.errors import ConfigError
-from metaspeech.models.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm
+from metaspeech.engine.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm
 
 
 def _named(model: nn.Module, keep: Callable[[str, nn.Module], bool]) -> list[str]:

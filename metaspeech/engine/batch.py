@@ -2,7 +2,7 @@
 
 Everything an algorithm sees is a :class:`TaskBatch`: T tasks with B examples
 each, every tensor carrying a leading ``[T, B]``. Algorithms never look inside
-``inputs`` or ``targets``; the :class:`~metaspeech.learner.Learner` flattens
+``inputs`` or ``targets``; the :class:`~metaspeech.engine.learner.Learner` flattens
 ``[T, B]`` to ``[T * B]`` for the model and folds per-example losses back to
 per-task losses ``[T]``. This is what lets all T tasks of a meta-batch run as one
 batched forward/backward.

@@ -18,11 +18,11 @@ not synchronized). Plugins that must write ``.grad`` themselves call
 :meth:`MetaAlgorithm.all_reduce_gradients` afterwards.
 
 Precision is an argument, never plugin state: ``outer_loss`` receives the fp16 loss
-scale and every inner loop an :class:`~metaspeech.algorithms.inner_loop.InnerLoop`
-(:mod:`metaspeech.algorithms.inner_loop`).
+scale and every inner loop an :class:`~metaspeech.engine.inner_loop.InnerLoop`
+(:mod:`metaspeech.engine.inner_loop`).
 
-Nothing here knows about speech: algorithms see a :class:`~metaspeech.learner.Learner`
-and :class:`~metaspeech.batch.TaskBatch` objects.
+Nothing here knows about speech: algorithms see a :class:`~metaspeech.engine.learner.Learner`
+and :class:`~metaspeech.engine.batch.TaskBatch` objects.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from metaspeech.algorithms.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
-from metaspeech.batch import MetaBatch, TaskBatch
-from metaspeech.config import RecordsInitArgs, check_at_least, check_positive
+from metaspeech.engine.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
+from metaspeech.engine.batch import MetaBatch, TaskBatch
+from metaspeech.engine.config import RecordsInitArgs, check_at_least, check_positive
 from metaspeech.errors import ConfigError
-from metaspeech.learner import FastWeights, Learner, PreparedTasks
+from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
 
 __all__ = ["Adaptation", "InnerGradientOverflowError", "InnerLoop", "MetaAlgorithm", "NonFiniteLossError", "OuterResult"]
 
@@ -99,7 +99,7 @@ class OuterResult:
 class MetaAlgorithm(RecordsInitArgs, nn.Module):
     """Base class: MAML-style inner loop of SGD steps on the support set, query loss outside.
 
-    Every inner loop runs under an explicit :class:`~metaspeech.algorithms.inner_loop.InnerLoop`
+    Every inner loop runs under an explicit :class:`~metaspeech.engine.inner_loop.InnerLoop`
     (steps, second order, fp16 loss scale); :meth:`inner_loop` gives the meta-training one.
     The plugin holds no precision state: under ``16-mixed`` the Lightning module passes the
     GradScaler's scale into :meth:`outer_loss` and test-time :meth:`adapt` at every call.

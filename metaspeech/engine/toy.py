@@ -12,10 +12,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from metaspeech.batch import MetaBatch, TaskBatch
-from metaspeech.learner import Learner
-from metaspeech.models.layers import TaskLinear
-from metaspeech.models.staged import StagedModel
+from metaspeech.engine.batch import MetaBatch, TaskBatch
+from metaspeech.engine.learner import Learner
+from metaspeech.engine.layers import TaskLinear
+from metaspeech.engine.staged import StagedModel
 
 
 class _Act(nn.Module):

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaspeech.batch import TaskBatch
-from metaspeech.models.layers import TaskBatchable, split_tasks
-from metaspeech.models.scope import resolve_scope
-from metaspeech.models.staged import StagedModel
+from metaspeech.engine.batch import TaskBatch
+from metaspeech.engine.layers import TaskBatchable, split_tasks
+from metaspeech.engine.scope import resolve_scope
+from metaspeech.engine.staged import StagedModel
 
 FastWeights = dict[str, Tensor]
 
