@@ -32,9 +32,9 @@ from metaspeech.evaluation import SEEN_SPEAKERS, score_utterance
 from metaspeech.experiment import QUICK_RUN, _cli
 
 SPEC_AUGMENT = [
-    "--model.augmentation=metaspeech.augmentation.EpisodeAugmentation",
+    "--model.augmentation=metaspeech.speech.augmentation.EpisodeAugmentation",
     "--model.augmentation.init_args.max_warp=0.0",
-    "--model.augmentation.init_args.spec_augment=metaspeech.features.SpecAugment",
+    "--model.augmentation.init_args.spec_augment=metaspeech.speech.features.SpecAugment",
 ]
 RECIPES: dict[str, list[str]] = {
     "baseline": [],
@@ -44,9 +44,9 @@ RECIPES: dict[str, list[str]] = {
     "lr6e-3_4tasks_wsd": ["--model.lr=0.006", "--data.init_args.tasks_per_batch=4", "--model.lr_decay=wsd"],
     "cosine_lr5e-3": ["--model.lr_decay=cosine", "--model.lr=0.005"],
     "cosine_specaug": ["--model.lr_decay=cosine", *SPEC_AUGMENT],
-    "cosine_warp": ["--model.lr_decay=cosine", "--model.augmentation=metaspeech.augmentation.EpisodeAugmentation"],
-    "cosine_aug": ["--model.lr_decay=cosine", "--model.augmentation=metaspeech.augmentation.EpisodeAugmentation",
-                   "--model.augmentation.init_args.spec_augment=metaspeech.features.SpecAugment"],
+    "cosine_warp": ["--model.lr_decay=cosine", "--model.augmentation=metaspeech.speech.augmentation.EpisodeAugmentation"],
+    "cosine_aug": ["--model.lr_decay=cosine", "--model.augmentation=metaspeech.speech.augmentation.EpisodeAugmentation",
+                   "--model.augmentation.init_args.spec_augment=metaspeech.speech.features.SpecAugment"],
     "cosine_16tasks": ["--model.lr_decay=cosine", "--data.init_args.tasks_per_batch=16"],
     "cosine_wide": ["--model.lr_decay=cosine", "--model.recognizer.init_args.hidden_dim=256",
                     "--model.recognizer.init_args.d_model=256"],

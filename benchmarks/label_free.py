@@ -42,7 +42,7 @@ from metaspeech.label_free import (
     test_time_learning_rate,
 )
 from metaspeech.label_free_report import share_of_gain
-from metaspeech.objectives import LABEL_FREE, SUPERVISED
+from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
 
 REPO = Path(__file__).resolve().parents[1]
 

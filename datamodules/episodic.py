@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from metaspeech.audio import load_audio
+from metaspeech.speech.audio import load_audio
 from metaspeech.engine.batch import EvaluationBatch
 from metaspeech.checkpoint_io import read_metaspeech_section
 from metaspeech.engine.config import check_at_least
@@ -31,11 +31,11 @@ from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler
 from metaspeech.datamodules.seen_speakers import SEEN_GROUP, SeenSpeakerTask, hold_out_seen_sentences
 from metaspeech.datamodules.validation import check_task_sizes, validate_utterances
 from metaspeech.errors import ConfigError, DataError
-from metaspeech.features import FeatureCache, FeatureConfig
+from metaspeech.speech.features import FeatureCache, FeatureConfig
 from metaspeech.manifest import Utterance
 from metaspeech.engine.randomness import unit_interval
-from metaspeech.text import normalize_text
-from metaspeech.tokenizer import CharTokenizer, Tokenizer
+from metaspeech.speech.text import normalize_text
+from metaspeech.speech.tokenizer import CharTokenizer, Tokenizer
 
 SPLITS = ("train", "val", "test")
 

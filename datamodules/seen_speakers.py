@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from metaspeech.evaluation import SEEN_SPEAKERS as SEEN_GROUP
 from metaspeech.manifest import Utterance
 from metaspeech.engine.randomness import seed_from_keys
-from metaspeech.text import normalize_text
+from metaspeech.speech.text import normalize_text
 
 SUFFIX = "@seen"
 

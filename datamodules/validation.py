@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from metaspeech.audio import AudioError, AudioHeader, audio_header
+from metaspeech.speech.audio import AudioError, AudioHeader, audio_header
 from metaspeech.errors import DataError
 from metaspeech.manifest import Utterance
 

@@ -22,10 +22,10 @@ from metaspeech.collapse_guard import CollapseGuard
 from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
 from metaspeech.loss_scaling import retry_at_smaller_scales
 from metaspeech.models.recognizer import Recognizer
-from metaspeech.objectives import SUPERVISED
+from metaspeech.speech.objectives import SUPERVISED
 from metaspeech.oracle import OracleFit, SpeakerOracle
 from metaspeech.test_time import TestTimeAdaptation
-from metaspeech.tokenizer import Tokenizer
+from metaspeech.speech.tokenizer import Tokenizer
 
 
 class FewShotAdapter:
@@ -39,7 +39,7 @@ class FewShotAdapter:
         test_time: the scope, inner optimizer and learning rate of test-time adaptation (default: the training
             scope, SGD at the plugin's own rate). ``self.learner`` is the learner of that scope.
         objective: what test-time adaptation minimizes by default: ``supervised`` (needs transcripts) or a
-            label-free objective of the recognizer (``entropy``, ``pseudo_label``: :mod:`~metaspeech.objectives`).
+            label-free objective of the recognizer (``entropy``, ``pseudo_label``: :mod:`~metaspeech.speech.objectives`).
         collapse_guard: checks every label-free adaptation (:mod:`~metaspeech.collapse_guard`); None: off.
     """
 

@@ -59,9 +59,9 @@ from torch import nn
 
 from metaspeech.engine.config import instantiate
 from metaspeech.errors import ConfigError, MetaSpeechError
-from metaspeech.features import FeatureConfig
+from metaspeech.speech.features import FeatureConfig
 from metaspeech.loggers import log_version, wandb_run_id
-from metaspeech.tokenizer import Tokenizer, tokenizer_from_dict
+from metaspeech.speech.tokenizer import Tokenizer, tokenizer_from_dict
 
 TEMP_SUFFIX = ".tmp"
 SECTION = "metaspeech"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metaspeech.objectives import valid_frames
+from metaspeech.speech.objectives import valid_frames
 
 
 def blank_ratio(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> Tensor:

@@ -69,7 +69,7 @@ def generate(argv: list[str]) -> int:
 @command("adapt")
 def adapt(argv: list[str]) -> int:
     """Adapt a trained model to one speaker from their recordings (+ transcripts, unless label-free); save the adaptation."""
-    from metaspeech.objectives import OBJECTIVES, SUPERVISED
+    from metaspeech.speech.objectives import OBJECTIVES, SUPERVISED
 
     parser = argparse.ArgumentParser(prog="metaspeech adapt", description=adapt.__doc__)
     parser.add_argument("--checkpoint", required=True, help="a .ckpt written by `metaspeech fit`")

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from metaspeech.features import FeatureConfig
-from metaspeech.tokenizer import Tokenizer
+from metaspeech.speech.features import FeatureConfig
+from metaspeech.speech.tokenizer import Tokenizer
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ s, the evaluation set is decoded once; each decoded utterance is a
 speakers (all DDP ranks) into corpus-level WER/CER per (k, s), the relative WER
 reduction against s = 0, the per-speaker median WER and the share of speakers
 that adaptation made worse. References and hypotheses go through one
-normalizer (:func:`metaspeech.text.normalize_text`) before scoring.
+normalizer (:func:`metaspeech.speech.text.normalize_text`) before scoring.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import jiwer
 
-from metaspeech.text import normalize_text
+from metaspeech.speech.text import normalize_text
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaspeech.audio import load_audio
+from metaspeech.speech.audio import load_audio
 from metaspeech.engine.batch import TaskBatch
 from metaspeech.checkpoint_io import (
     CheckpointError,
@@ -23,11 +23,11 @@ from metaspeech.checkpoint_io import (
     save_atomically,  # noqa: F401 -- re-exported: adaptation files are saved with it
 )
 from metaspeech.errors import DataError
-from metaspeech.features import FeatureConfig, FeatureExtractor
+from metaspeech.speech.features import FeatureConfig, FeatureExtractor
 from metaspeech.module import MetaSpeechModule
-from metaspeech.objectives import SUPERVISED
-from metaspeech.text import normalize_text
-from metaspeech.tokenizer import CharTokenizer, UnknownCharacterError
+from metaspeech.speech.objectives import SUPERVISED
+from metaspeech.speech.text import normalize_text
+from metaspeech.speech.tokenizer import CharTokenizer, UnknownCharacterError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -117,7 +117,7 @@ def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: 
     """Adapt ``module`` to one speaker; returns the saveable adaptation (fast weights + metadata).
 
     ``objective`` is what the inner steps minimize: ``supervised`` reads the transcripts; a label-free one
-    (``entropy``, ``pseudo_label``: :mod:`metaspeech.objectives`) only the audio, and its adaptation is kept
+    (``entropy``, ``pseudo_label``: :mod:`metaspeech.speech.objectives`) only the audio, and its adaptation is kept
     only if the collapse guard passes it (``guard_kept``). The support losses are the objective's.
     """
     support = featurize(recordings, module.feature_config, module.tokenizer)

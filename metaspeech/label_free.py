@@ -43,7 +43,7 @@ from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.loss_scaling import grad_scaler, loss_scale
-from metaspeech.objectives import LABEL_FREE, SUPERVISED
+from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
 
 TRANSDUCTIVE = "transductive"
 TRANSDUCTIVE_SHOTS = 0

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from metaspeech.adapter import FewShotAdapter
 from metaspeech.engine.algorithm import MetaAlgorithm, OuterResult
-from metaspeech.augmentation import EpisodeAugmentation
+from metaspeech.speech.augmentation import EpisodeAugmentation
 from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.collapse_guard import CollapseGuard
@@ -28,13 +28,13 @@ from metaspeech.engine.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError, TrainingStalledError
 from metaspeech.evaluation import word_errors
-from metaspeech.features import FeatureConfig
+from metaspeech.speech.features import FeatureConfig
 from metaspeech.engine.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
 from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
 from metaspeech.models.recognizer import Recognizer, check_recognizer
-from metaspeech.objectives import check_objective
+from metaspeech.speech.objectives import check_objective
 from metaspeech.oracle import OracleFit, SpeakerOracle
 from metaspeech.predictions import HypothesisWriter
 from metaspeech.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
@@ -43,7 +43,7 @@ from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_obje
 from metaspeech.schedule import check_decay, lr_factor
 from metaspeech.selection import TestTimeSelection
 from metaspeech.test_time import TestTimeAdaptation
-from metaspeech.tokenizer import Tokenizer
+from metaspeech.speech.tokenizer import Tokenizer
 
 
 class MetaSpeechModule(L.LightningModule):
@@ -79,7 +79,7 @@ class MetaSpeechModule(L.LightningModule):
             many non-finite outer steps in a row (a run that cannot make progress must not run forever).
         test_objective: what test-time adaptation (``adapt``, the k x s protocol, ``metaspeech adapt``) minimizes:
             ``supervised`` (CTC on transcripts), or label-free ``entropy``, ``entropy_mcc`` or ``pseudo_label``
-            (:mod:`metaspeech.objectives`; docs/label_free.md).
+            (:mod:`metaspeech.speech.objectives`; docs/label_free.md).
         label_free_guard: keep a label-free adaptation only where the collapse guard passes it
             (:mod:`metaspeech.collapse_guard`).
     """

@@ -22,7 +22,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from metaspeech.audio import AudioError, load_audio
+from metaspeech.speech.audio import AudioError, load_audio
 from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation import AdaptationReport, UtteranceRecord

@@ -32,7 +32,7 @@ from metaspeech.engine.learner import Learner
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.protocol import evaluation_word_errors
 from metaspeech.test_time import TestTimeAdaptation, scope_is_bound
-from metaspeech.tokenizer import Tokenizer
+from metaspeech.speech.tokenizer import Tokenizer
 
 DEFAULT_CANDIDATES = (TestTimeAdaptation(optimizer="sgd", lr=0.1), TestTimeAdaptation(optimizer="sgd", lr=0.3),
                       TestTimeAdaptation(optimizer="adam", lr=3e-3))

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from metaspeech.audio import AudioError, SphereAudioError, audio_info
+from metaspeech.speech.audio import AudioError, SphereAudioError, audio_info
 from metaspeech.errors import MetaSpeechError
 from metaspeech.manifest import Utterance
 

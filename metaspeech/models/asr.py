@@ -22,13 +22,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metaspeech.ctc import greedy_decode
-from metaspeech.losses import CTCLoss
+from metaspeech.speech.ctc import greedy_decode
+from metaspeech.speech.losses import CTCLoss
 from metaspeech.engine.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.engine.staged import Stage
-from metaspeech.objectives import ctc_objective
-from metaspeech.precision import full_precision, lstm_needs_float32
+from metaspeech.speech.objectives import ctc_objective
+from metaspeech.speech.precision import full_precision, lstm_needs_float32
 
 
 class ConvSubsampling(nn.Module):
@@ -81,7 +81,7 @@ class BiLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         order = reversed_time_index(lengths, x.shape[1])
-        if lstm_needs_float32(x):  # a CPU without bf16 LSTM kernels, under bf16 autocast (metaspeech.precision)
+        if lstm_needs_float32(x):  # a CPU without bf16 LSTM kernels, under bf16 autocast (metaspeech.speech.precision)
             with torch.autocast("cpu", enabled=False):
                 forward, _ = self.forward_lstm(x.float())
                 backward, _ = self.backward_lstm(gather_time(x.float(), order))
@@ -192,7 +192,7 @@ class CTCRecognizer(Recognizer):
     """Shared skeleton of the CTC recognizers; subclasses supply the encoder layers.
 
     The output state is ``(log_probs [N, frames, V], frame_lengths [N])``; token 0 is the CTC
-    blank (as in every :mod:`metaspeech.tokenizer`).
+    blank (as in every :mod:`metaspeech.speech.tokenizer`).
     """
 
     blank = 0
@@ -225,11 +225,11 @@ class CTCRecognizer(Recognizer):
         self.stages = nn.ModuleDict(stages)
 
     def loss(self, output: tuple[Tensor, ...], targets: tuple[Tensor, ...], differentiable: bool) -> Tensor:
-        """CTC per utterance ``[N]``, divided by its target length (:class:`~metaspeech.losses.CTCLoss`)."""
+        """CTC per utterance ``[N]``, divided by its target length (:class:`~metaspeech.speech.losses.CTCLoss`)."""
         return CTCLoss(self.blank)(output, targets, differentiable)
 
     def objective(self, name: str):  # type: ignore[no-untyped-def]
-        """A label-free objective: ``entropy``, ``entropy_mcc`` or ``pseudo_label`` (:mod:`metaspeech.objectives`)."""
+        """A label-free objective: ``entropy``, ``entropy_mcc`` or ``pseudo_label`` (:mod:`metaspeech.speech.objectives`)."""
         return ctc_objective(name, self.blank)
 
     def decode(self, output: tuple[Tensor, ...]) -> list[list[int]]:

@@ -61,7 +61,7 @@ class Recognizer(StagedModel):
         """The label-free adaptation objective ``name`` (a :class:`~metaspeech.engine.learner.TaskObjective`).
 
         ``supervised`` is :meth:`loss` (the :class:`~metaspeech.engine.learner.Learner` uses it directly); a recognizer
-        adds label-free objectives here (``entropy``, ``pseudo_label`` for CTC: :mod:`metaspeech.objectives`),
+        adds label-free objectives here (``entropy``, ``pseudo_label`` for CTC: :mod:`metaspeech.speech.objectives`),
         so an algorithm adapts without transcripts while knowing nothing of speech.
         """
         raise ConfigError(f"{type(self).__name__} has no label-free adaptation objective {name!r}")

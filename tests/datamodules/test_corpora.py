@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from metaspeech.audio import AudioError
+from metaspeech.speech.audio import AudioError
 from metaspeech.datamodules.corpora import (
     CorpusLayoutError,
     load_common_voice,

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from metaspeech.audio import AudioError, SphereAudioError, audio_info, load_audio
+from metaspeech.speech.audio import AudioError, SphereAudioError, audio_info, load_audio
 
 
 def tone(path: Path, seconds: float = 0.5, sample_rate: int = 16000, channels: int = 1, freq: float = 440.0) -> Path:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.augmentation import EpisodeAugmentation, FrequencyWarp, warp_frequency
+from metaspeech.speech.augmentation import EpisodeAugmentation, FrequencyWarp, warp_frequency
 from metaspeech.engine.batch import MetaBatch, TaskBatch
-from metaspeech.features import SpecAugment
+from metaspeech.speech.features import SpecAugment
 
 
 def _peak_features(tasks: int = 2, utterances: int = 3, frames: int = 4, bins: int = 40, peak: int = 20) -> torch.Tensor:

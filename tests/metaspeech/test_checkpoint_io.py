@@ -17,9 +17,9 @@ from metaspeech.checkpoint_io import (
     read_metaspeech_section,
 )
 from metaspeech.errors import ConfigError
-from metaspeech.features import FeatureConfig
+from metaspeech.speech.features import FeatureConfig
 from metaspeech.inference import load_adaptation
-from metaspeech.tokenizer import CharTokenizer
+from metaspeech.speech.tokenizer import CharTokenizer
 
 
 def test_the_module_hooks_round_trip_the_section(tiny_module) -> None:

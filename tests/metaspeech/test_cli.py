@@ -145,7 +145,7 @@ def test_task_augmentation_is_configured_from_the_command_line(tiny_cli_args) ->
     from metaspeech.cli import build_cli
 
     cli = build_cli(["fit", *tiny_cli_args("fomaml.yaml"), "--trainer.fast_dev_run=true",
-                "--model.augmentation=metaspeech.augmentation.EpisodeAugmentation",
+                "--model.augmentation=metaspeech.speech.augmentation.EpisodeAugmentation",
                 "--model.augmentation.max_warp=0.15", "--model.augmentation.spec_augment=SpecAugment"])
     augmentation = cli.model.augmentation
     assert augmentation.warp.max_warp == 0.15 and augmentation.spec_augment is not None

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaspeech.ctc import ctc_loss, differentiable_ctc_loss, greedy_decode
+from metaspeech.speech.ctc import ctc_loss, differentiable_ctc_loss, greedy_decode
 
 
 def _batch(dtype: torch.dtype = torch.float64, seed: int = 0):

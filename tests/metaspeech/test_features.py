@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from metaspeech.audio import load_audio
-from metaspeech.features import FeatureCache, FeatureConfig, FeatureExtractor, SpecAugment
+from metaspeech.speech.audio import load_audio
+from metaspeech.speech.features import FeatureCache, FeatureConfig, FeatureExtractor, SpecAugment
 
 RATE = 16000
 

@@ -83,7 +83,7 @@ def test_second_order_meta_gradient_of_a_recognizer_matches_central_differences(
 
 
 def _masked_frame_entropy(log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Mean per-frame entropy over valid frames, written out independently of metaspeech.objectives."""
+    """Mean per-frame entropy over valid frames, written out independently of metaspeech.speech.objectives."""
     frames = torch.arange(log_probs.shape[1])[None, :] < lengths[:, None]
     entropy = -(log_probs.exp() * log_probs).sum(-1) * frames
     return entropy.sum(1) / frames.sum(1)

@@ -214,8 +214,8 @@ def test_fp16_test_time_adaptation_lowers_the_loss_when_the_scale_overflows(tiny
 
 
 def test_task_augmentation_changes_training_and_stays_reproducible(tiny_data, tiny_module, tiny_trainer) -> None:
-    from metaspeech.augmentation import EpisodeAugmentation
-    from metaspeech.features import SpecAugment
+    from metaspeech.speech.augmentation import EpisodeAugmentation
+    from metaspeech.speech.features import SpecAugment
 
     finals = {}
     for run, augmentation in (("plain", None), ("augmented", 0.15), ("augmented again", 0.15)):

@@ -13,7 +13,7 @@ from metaspeech.errors import ConfigError
 from metaspeech.label_free import without_transcripts
 from metaspeech.engine.learner import Learner
 from metaspeech.models import BiLSTMCTC
-from metaspeech.objectives import EntropyObjective, PseudoLabelObjective, class_confusion, frame_entropy, mean_confidence
+from metaspeech.speech.objectives import EntropyObjective, PseudoLabelObjective, class_confusion, frame_entropy, mean_confidence
 
 TINY = dict(vocab_size=29, input_dim=80, d_model=16, hidden_dim=12, num_layers=1, adapter_dim=4, dropout=0.0)
 

@@ -1,11 +1,11 @@
-"""bf16 autocast on CPUs with and without native bf16 LSTM kernels (metaspeech.precision)."""
+"""bf16 autocast on CPUs with and without native bf16 LSTM kernels (metaspeech.speech.precision)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from metaspeech import precision
+from metaspeech.speech import precision
 from metaspeech.models import BiLSTMCTC
 
 

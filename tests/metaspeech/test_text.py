@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from metaspeech.text import normalize_text
+from metaspeech.speech.text import normalize_text
 
 
 @pytest.mark.parametrize(

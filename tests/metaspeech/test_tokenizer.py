@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from metaspeech.text import normalize_text
-from metaspeech.tokenizer import (
+from metaspeech.speech.text import normalize_text
+from metaspeech.speech.tokenizer import (
     BLANK,
     CharTokenizer,
     SentencePieceTokenizer,

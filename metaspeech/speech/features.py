@@ -270,7 +270,7 @@ class FeatureCache:
         """Float16 features ``[frames, dim]`` per path, in the order of ``paths``.
 
         ``load_fn(path)`` must return the mono waveform ``[samples]`` at
-        ``config.sample_rate`` (e.g. :func:`metaspeech.audio.load_audio`); it is
+        ``config.sample_rate`` (e.g. :func:`metaspeech.speech.audio.load_audio`); it is
         called only on a cache miss, from ``num_workers`` threads if > 0.
         """
         return self.load_or_compute_with_statistics(paths, load_fn, num_workers)[0]
@@ -300,7 +300,7 @@ class FeatureCache:
                 shape = tuple(waveform.shape) if isinstance(waveform, Tensor) else type(waveform).__name__
                 raise ValueError(
                     f"{path}: load_fn must return a mono waveform [samples], got {shape}; "
-                    "pass the audio loader (e.g. metaspeech.audio.load_audio), not a feature extractor"
+                    "pass the audio loader (e.g. metaspeech.speech.audio.load_audio), not a feature extractor"
                 )
             with torch.no_grad():
                 features, statistics = extractor.extract(waveform)

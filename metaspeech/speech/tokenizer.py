@@ -1,7 +1,7 @@
 """Tokenizers for CTC, built from the training transcripts and saved with the model.
 
 Id 0 is always the CTC blank. Texts are normalized with
-:func:`metaspeech.text.normalize_text` when a tokenizer is built; ``encode``
+:func:`metaspeech.speech.text.normalize_text` when a tokenizer is built; ``encode``
 expects normalized text and raises :class:`UnknownCharacterError` for anything
 outside the vocabulary rather than dropping it silently (a silently shortened
 reference would make the WER wrong).
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 from metaspeech.errors import DataError
-from metaspeech.text import normalize_text
+from metaspeech.speech.text import normalize_text
 
 BLANK = "<blank>"
 _T = TypeVar("_T", bound="_SerializableTokenizer")
@@ -30,7 +30,7 @@ class UnknownCharacterError(DataError):
         self.text = text
         super().__init__(
             f"characters {characters} in {text!r} are not in the tokenizer's vocabulary, which was built from "
-            "the training (meta-train) texts: normalize the text with metaspeech.text.normalize_text first, "
+            "the training (meta-train) texts: normalize the text with metaspeech.speech.text.normalize_text first, "
             "or include transcripts containing these characters in the training texts"
         )
 
@@ -217,7 +217,7 @@ _KINDS: dict[str, type[CharTokenizer] | type[SentencePieceTokenizer]] = {
 def _check_type(data: dict[str, Any], kind: str) -> None:
     found = data.get("type", kind)
     if found != kind:
-        raise ValueError(f"this is a {found!r} tokenizer, not {kind!r}: use metaspeech.tokenizer.tokenizer_from_dict")
+        raise ValueError(f"this is a {found!r} tokenizer, not {kind!r}: use metaspeech.speech.tokenizer.tokenizer_from_dict")
 
 
 def build_tokenizer(kind: str, texts: Iterable[str], **kwargs: Any) -> Tokenizer:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from metaspeech.engine.batch import MetaBatch, TaskBatch
-from metaspeech.features import SpecAugment
+from metaspeech.speech.features import SpecAugment
 
 
 class FrequencyWarp(nn.Module):

@@ -16,7 +16,7 @@ support's targets; the supervised and entropy objectives keep the batch's own), 
 
 Double backward: the entropy objectives are plain torch ops and have one. The pseudo-label
 objective is CTC, like the supervised loss: ``differentiable=True`` runs the twice-differentiable
-CTC of :mod:`metaspeech.ctc` (``F.ctc_loss`` has no double backward), otherwise the built-in one.
+CTC of :mod:`metaspeech.speech.ctc` (``F.ctc_loss`` has no double backward), otherwise the built-in one.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metaspeech.ctc import greedy_decode
+from metaspeech.speech.ctc import greedy_decode
 from metaspeech.errors import ConfigError
-from metaspeech.losses import CTCLoss
+from metaspeech.speech.losses import CTCLoss
 
 SUPERVISED = "supervised"
 OBJECTIVES = (SUPERVISED, "entropy", "entropy_mcc", "pseudo_label")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from metaspeech.ctc import ctc_loss
+from metaspeech.speech.ctc import ctc_loss
 
 
 class CTCLoss:

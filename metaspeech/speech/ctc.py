@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaspeech.precision import full_precision
+from metaspeech.speech.precision import full_precision
 
 _LOG_ZERO = -1.0e30
 """A finite "log 0" for unreachable states: ``-inf - (-inf)`` would turn gradients into NaN."""
