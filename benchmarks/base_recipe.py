@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from metaspeech.datamodules.episodic import EvaluationTaskDataset
-from metaspeech.evaluation import SEEN_SPEAKERS, score_utterance
+from metaspeech.evaluation.scoring import SEEN_SPEAKERS, score_utterance
 from metaspeech.experiment import QUICK_RUN, _cli
 
 SPEC_AUGMENT = [

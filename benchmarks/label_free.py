@@ -41,7 +41,7 @@ from metaspeech.label_free import (
     report_rows,
     test_time_learning_rate,
 )
-from metaspeech.label_free_report import share_of_gain
+from metaspeech.evaluation.label_free_report import share_of_gain
 from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
 
 REPO = Path(__file__).resolve().parents[1]

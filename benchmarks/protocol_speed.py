@@ -7,7 +7,7 @@ checkpoint for a few test speakers, with the two ways of adapting:
 
 - **per s**: one inner loop per (k, s), 36 inner steps per k;
 - **nested**: one inner loop of ``max(s)`` steps per k, read at every s
-  (:meth:`metaspeech.adapter.FewShotAdapter.adapt_along`, what the protocol does), 20 steps per k.
+  (:meth:`metaspeech.evaluation.adapter.FewShotAdapter.adapt_along`, what the protocol does), 20 steps per k.
 
 Both must give the same transcripts (checked; the script fails otherwise). Prints a table and
 writes JSON::

@@ -308,7 +308,7 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def task_accents(self, split: str = "test") -> dict[str, str]:
         """``task -> accent`` of the tasks of ``split`` whose rows carry an ``accent`` label: who the accent oracle
-        (:meth:`metaspeech.oracle.SpeakerOracle.fit_accent`) takes as a task's accent mates."""
+        (:meth:`metaspeech.evaluation.oracle.SpeakerOracle.fit_accent`) takes as a task's accent mates."""
         return {str(r.label(self.task_key)): str(r.labels["accent"]) for r in self.rows
                 if self.split_of(r) == split and "accent" in r.labels}
 

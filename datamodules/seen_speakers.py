@@ -18,7 +18,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
-from metaspeech.evaluation import SEEN_SPEAKERS as SEEN_GROUP
+from metaspeech.evaluation.scoring import SEEN_SPEAKERS as SEEN_GROUP
 from metaspeech.manifest import Utterance
 from metaspeech.engine.randomness import seed_from_keys
 from metaspeech.speech.text import normalize_text

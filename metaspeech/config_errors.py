@@ -17,7 +17,7 @@ import re
 from typing import Iterable
 
 CLASS_PACKAGES = ("metaspeech.models", "metaspeech.algorithms", "metaspeech.datamodules", "metaspeech.loggers",
-                  "metaspeech.checkpoint_io", "metaspeech.selection", "lightning.pytorch.callbacks",
+                  "metaspeech.checkpoint_io", "metaspeech.evaluation.selection", "lightning.pytorch.callbacks",
                   "lightning.pytorch.loggers")
 """Where the classes a config names usually live: the candidates for an unknown ``class_path``."""
 

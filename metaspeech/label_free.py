@@ -1,6 +1,6 @@
 """The label-free rows of the test protocol: adapting held-out speakers without their transcripts.
 
-Why a Callback beside the supervised protocol: the k x s table (:mod:`~metaspeech.protocol`) adapts on
+Why a Callback beside the supervised protocol: the k x s table (:mod:`~metaspeech.evaluation.protocol`) adapts on
 transcribed utterances. :class:`LabelFreeEvaluation` adds, for the same speakers and the same first k
 pool utterances, the rows a deployed recognizer could reach with their audio only:
 
@@ -14,10 +14,10 @@ pool utterances, the rows a deployed recognizer could reach with their audio onl
 
 The label-free learning rate and step count are chosen on meta-val speakers only, before any test
 speaker is read (:func:`choose_on_meta_val`; meta-val transcripts score the candidates). The collapse
-guard of the module (:mod:`~metaspeech.collapse_guard`) checks every label-free adaptation; the rows
+guard of the module (:mod:`~metaspeech.evaluation.collapse_guard`) checks every label-free adaptation; the rows
 report the share of adaptations it refused and the share of speakers made worse. Everything goes into
 ``protocol_settings["label_free"]``, so the test report's JSON carries it and ``compare`` tabulates it
-(:mod:`metaspeech.label_free_report`).
+(:mod:`metaspeech.evaluation.label_free_report`).
 
     trainer:
       callbacks:
@@ -41,7 +41,7 @@ from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch, TaskBatch
 from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
+from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.loss_scaling import grad_scaler, loss_scale
 from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
 

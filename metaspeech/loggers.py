@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from metaspeech.evaluation import AdaptationReport, write_csv
+from metaspeech.evaluation.scoring import AdaptationReport, write_csv
 
 
 def wandb_has_credentials() -> bool:

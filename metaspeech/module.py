@@ -5,8 +5,8 @@ outer loss; :meth:`MetaSpeechModule.training_step` backpropagates it once per ta
 (:mod:`~metaspeech.meta_gradient`), skips non-finite steps (and stops after ``max_consecutive_skips`` in a row),
 passes the fp16 loss scale in (:mod:`~metaspeech.loss_scaling`), clips, steps and logs. Dropout draws from a
 generator seeded by ``(run seed, global step, skipped steps, rank)``, so a resumed run repeats the uninterrupted
-one. ``adapt`` and ``transcribe`` are the test-time API (:mod:`~metaspeech.adapter`); the test protocol is
-:mod:`~metaspeech.protocol`.
+one. ``adapt`` and ``transcribe`` are the test-time API (:mod:`~metaspeech.evaluation.adapter`); the test protocol is
+:mod:`~metaspeech.evaluation.protocol`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from metaspeech.adapter import FewShotAdapter
+from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.engine.algorithm import MetaAlgorithm, OuterResult
 from metaspeech.speech.augmentation import EpisodeAugmentation
 from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
-from metaspeech.collapse_guard import CollapseGuard
+from metaspeech.evaluation.collapse_guard import CollapseGuard
 from metaspeech.engine.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError, TrainingStalledError
-from metaspeech.evaluation import word_errors
+from metaspeech.evaluation.scoring import word_errors
 from metaspeech.speech.features import FeatureConfig
 from metaspeech.engine.learner import FastWeights, Learner
 from metaspeech.loggers import RunConfigLogger
@@ -35,14 +35,14 @@ from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
 from metaspeech.models.recognizer import Recognizer, check_recognizer
 from metaspeech.speech.objectives import check_objective
-from metaspeech.oracle import OracleFit, SpeakerOracle
+from metaspeech.evaluation.oracle import OracleFit, SpeakerOracle
 from metaspeech.predictions import HypothesisWriter
-from metaspeech.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
+from metaspeech.evaluation.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
 from metaspeech.engine.randomness import seeded_rng
 from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_objects
 from metaspeech.schedule import check_decay, lr_factor
-from metaspeech.selection import TestTimeSelection
-from metaspeech.test_time import TestTimeAdaptation
+from metaspeech.evaluation.selection import TestTimeSelection
+from metaspeech.evaluation.test_time import TestTimeAdaptation
 from metaspeech.speech.tokenizer import Tokenizer
 
 
@@ -64,15 +64,15 @@ class MetaSpeechModule(L.LightningModule):
         init_from: a metaspeech checkpoint whose recognizer weights (not its optimizer) start this fit.
         augmentation: training-time augmentation of each meta-batch (task frequency warping, SpecAugment).
         adaptation_guard: ``none``, or ``cross_validation``: keep a task's adaptation only where it
-            generalizes within its support set (:mod:`metaspeech.adaptation_guard`).
+            generalizes within its support set (:mod:`metaspeech.evaluation.guard`).
         tasks_per_chunk: backpropagate each meta-batch this many tasks at a time (less memory, same
             meta-gradient, one optimizer step). None: all at once.
-        oracle: the test report's speaker oracle (:class:`~metaspeech.oracle.SpeakerOracle`), run on every
+        oracle: the test report's speaker oracle (:class:`~metaspeech.evaluation.oracle.SpeakerOracle`), run on every
             test speaker with an oracle pool (``data.init_args.oracle_pool_size``); None: default settings.
-        test_time: how test-time adaptation runs (:class:`~metaspeech.test_time.TestTimeAdaptation`: scope,
+        test_time: how test-time adaptation runs (:class:`~metaspeech.evaluation.test_time.TestTimeAdaptation`: scope,
             inner optimizer, learning rate); None: the training scope, SGD at the plugin's own rate.
         test_time_selection: search test-time settings on meta-val speakers before the test
-            (:class:`~metaspeech.selection.TestTimeSelection`); the choice replaces ``test_time``.
+            (:class:`~metaspeech.evaluation.selection.TestTimeSelection`); the choice replaces ``test_time``.
         freeze_body: meta-train only the adaptation machinery: the adapted scope's init and the plugin's
             meta-parameters (learned rates, a hypernetwork). Every other recognizer weight stays as loaded.
         max_consecutive_skips: stop the fit with a :class:`~metaspeech.errors.TrainingStalledError` after this
@@ -81,7 +81,7 @@ class MetaSpeechModule(L.LightningModule):
             ``supervised`` (CTC on transcripts), or label-free ``entropy``, ``entropy_mcc`` or ``pseudo_label``
             (:mod:`metaspeech.speech.objectives`; docs/label_free.md).
         label_free_guard: keep a label-free adaptation only where the collapse guard passes it
-            (:mod:`metaspeech.collapse_guard`).
+            (:mod:`metaspeech.evaluation.collapse_guard`).
     """
 
     def __init__(
@@ -230,7 +230,7 @@ class MetaSpeechModule(L.LightningModule):
         self.log_dict(logs, prog_bar=False, batch_size=batch.num_tasks)
         self.log("loss", post, prog_bar=True, logger=False, batch_size=batch.num_tasks)
 
-    # ------------------------------------------- test-time adaptation (metaspeech.adapter)
+    # ------------------------------------------- test-time adaptation (metaspeech.evaluation.adapter)
     def use_test_time(self, settings: TestTimeAdaptation, guard: str | None = None) -> None:
         """Adapt with ``settings`` from now on (the one place test-time settings live: ``self.test_time``)."""
         self.test_time = settings

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from rich.progress import Progress
 
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import AdaptationReport
+from metaspeech.evaluation.scoring import AdaptationReport
 from metaspeech.progress import bar_columns
 
 

@@ -1,10 +1,10 @@
 """The test report: collected from every held-out task, gathered from every rank, shown and stored.
 
 Why a Callback: the LightningModule's ``test_step`` only runs the k x s protocol on one task
-(:class:`~metaspeech.protocol.AdaptationEvaluator`) and returns its :class:`TaskScores`.
+(:class:`~metaspeech.evaluation.protocol.AdaptationEvaluator`) and returns its :class:`TaskScores`.
 Everything around it is reporting: refusing shot counts the adaptation pools cannot supply
 before any speaker is adapted, collecting the scores, gathering them from every DDP rank,
-building the :class:`~metaspeech.evaluation.AdaptationReport` (the callback's ``report``, read with
+building the :class:`~metaspeech.evaluation.scoring.AdaptationReport` (the callback's ``report``, read with
 :func:`last_test_report`) and
 logging ``test/wer_k*_s*``; on rank 0 the console table, the JSON/CSV files, the logger tables
 and the audio examples. The module installs :class:`AdaptationReportWriter` by default
@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from metaspeech.speech.audio import AudioError, load_audio
 from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import AdaptationReport, UtteranceRecord
+from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
 from metaspeech.loggers import log_adaptation_report
 
 T = TypeVar("T")

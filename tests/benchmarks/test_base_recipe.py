@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from benchmarks import base_recipe
-from metaspeech.evaluation import SEEN_SPEAKERS
+from metaspeech.evaluation.scoring import SEEN_SPEAKERS
 
 
 def test_the_curve_scores_every_n_steps_before_the_end_and_leaves_scoring_out_of_training_time(monkeypatch) -> None:

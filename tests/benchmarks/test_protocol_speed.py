@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmarks import protocol_speed
 from metaspeech.algorithms import FOMAML
-from metaspeech.oracle import SpeakerOracle
+from metaspeech.evaluation.oracle import SpeakerOracle
 
 
 def test_phases_are_timed_and_nested_adaptation_gives_the_per_s_transcripts(tiny_data, tiny_module, tiny_trainer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.adaptation_guard import GUARD_FOLDS, adaptation_helps, check_guard, guarded_adapt
+from metaspeech.evaluation.guard import GUARD_FOLDS, adaptation_helps, check_guard, guarded_adapt
 from metaspeech.engine.batch import TaskBatch
 from metaspeech.errors import ConfigError
 

@@ -23,10 +23,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from metaspeech.algorithms import FOMAML, MAML, MetaAlgorithm, Reptile
-from metaspeech.oracle import SpeakerOracle
+from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.reporting import last_test_report
-from metaspeech.selection import TestTimeSelection
-from metaspeech.test_time import TestTimeAdaptation
+from metaspeech.evaluation.selection import TestTimeSelection
+from metaspeech.evaluation.test_time import TestTimeAdaptation
 
 TASKS_PER_RANK = 2
 STEPS = 3

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metaspeech.evaluation import AdaptationReport, score_utterance
+from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
 
 
 def _records():

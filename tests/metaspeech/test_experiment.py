@@ -7,7 +7,7 @@ import json
 import pytest
 
 from metaspeech.cli import main
-from metaspeech.evaluation import AdaptationReport, score_utterance
+from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
 from metaspeech.experiment import headline, markdown_report, summarize
 from tests.conftest import REPO, TINY_MODEL_ARGS
 

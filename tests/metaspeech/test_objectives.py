@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.adapter import FewShotAdapter
+from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.algorithms import FOMAML, MAML, HyperInit, MetaSGD
 from metaspeech.engine.batch import MetaBatch, TaskBatch
-from metaspeech.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
+from metaspeech.evaluation.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
 from metaspeech.errors import ConfigError
 from metaspeech.label_free import without_transcripts
 from metaspeech.engine.learner import Learner

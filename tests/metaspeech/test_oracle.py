@@ -1,4 +1,4 @@
-"""The speaker oracle (metaspeech.oracle) and the share of the speaker gap closed in the report."""
+"""The speaker oracle (metaspeech.evaluation.oracle) and the share of the speaker gap closed in the report."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML
-from metaspeech.evaluation import AdaptationReport, UtteranceRecord
-from metaspeech.oracle import SpeakerOracle
+from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
+from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.reporting import last_test_report
 
 

@@ -7,8 +7,8 @@ import torch
 
 from metaspeech.engine.batch import EvaluationBatch, TaskBatch
 from metaspeech.errors import ConfigError
-from metaspeech.oracle import OracleFit
-from metaspeech.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
+from metaspeech.evaluation.oracle import OracleFit
+from metaspeech.evaluation.protocol import AdaptationEvaluator, evaluate_oracle, validation_scores
 
 
 def _task_batch(ids: list[str], texts: list[str], frames: list[int]) -> TaskBatch:

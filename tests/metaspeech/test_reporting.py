@@ -9,7 +9,7 @@ import pytest
 
 from metaspeech.data_contract import HeldOutSpeakers, SpeechFrontEnd
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import score_utterance
+from metaspeech.evaluation.scoring import score_utterance
 from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_objects
 
 

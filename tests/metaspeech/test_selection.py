@@ -8,8 +8,8 @@ import pytest
 
 from metaspeech.algorithms import FOMAML, HyperInit, MetaAlgorithm, MetaSGD
 from metaspeech.errors import ConfigError
-from metaspeech.selection import TestTimeSelection
-from metaspeech.test_time import TestTimeAdaptation
+from metaspeech.evaluation.selection import TestTimeSelection
+from metaspeech.evaluation.test_time import TestTimeAdaptation
 
 
 class DecayingLR(MetaAlgorithm):

@@ -228,7 +228,7 @@ def test_csv_logger_fallback_gets_metrics_and_tables_without_wandb(tmp_path: Pat
 
 
 def _hand_made_report():
-    from metaspeech.evaluation import AdaptationReport, score_utterance
+    from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
 
     records = [
         score_utterance(speaker, k, s, f"{speaker}-{i}", "the cat sat", "the cat sat" if s else "the dog")

@@ -16,7 +16,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
-from metaspeech.evaluation import AdaptationReport
+from metaspeech.evaluation.scoring import AdaptationReport
 
 TRANSDUCTIVE_REFERENCE_SHOTS = 5
 

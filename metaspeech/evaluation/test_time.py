@@ -1,9 +1,9 @@
 """``TestTimeAdaptation``: how a trained model adapts to a new speaker, in one explicit place.
 
 Why a value of its own: the scope, the inner optimizer and the learning rate of test-time adaptation
-are choices made after training, on meta-val speakers (:mod:`~metaspeech.selection`), and joint
+are choices made after training, on meta-val speakers (:mod:`~metaspeech.evaluation.selection`), and joint
 training + fine-tuning must get exactly the same choices as the meta-learners. The module holds one
-``TestTimeAdaptation`` (``model.test_time``); the adapter (:class:`~metaspeech.adapter.FewShotAdapter`)
+``TestTimeAdaptation`` (``model.test_time``); the adapter (:class:`~metaspeech.evaluation.adapter.FewShotAdapter`)
 reads it and nothing else, and the report records it.
 
     model:

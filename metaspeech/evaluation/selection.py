@@ -3,7 +3,7 @@
 Why: the scope, inner optimizer, learning rate and step count of test-time adaptation decide how much
 of the speaker gap an algorithm can close, and choosing them on test speakers would flatter every number
 in the report. :class:`TestTimeSelection` adapts every meta-val speaker (``model.val_shots`` utterances)
-with every candidate :class:`~metaspeech.test_time.TestTimeAdaptation`, scores WER after each step count
+with every candidate :class:`~metaspeech.evaluation.test_time.TestTimeAdaptation`, scores WER after each step count
 of one inner loop (all s read off one trajectory, as the test protocol does) and returns the best
 ``(candidate, s)``. It changes nothing: the module asks for the choice before the test
 (``model.test_time_selection``) and keeps it as its ``test_time``; the report records the whole search.
@@ -24,14 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from metaspeech.adapter import FewShotAdapter
+from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch
 from metaspeech.errors import ConfigError
 from metaspeech.engine.learner import Learner
 from metaspeech.models.recognizer import Recognizer
-from metaspeech.protocol import evaluation_word_errors
-from metaspeech.test_time import TestTimeAdaptation, scope_is_bound
+from metaspeech.evaluation.protocol import evaluation_word_errors
+from metaspeech.evaluation.test_time import TestTimeAdaptation, scope_is_bound
 from metaspeech.speech.tokenizer import Tokenizer
 
 DEFAULT_CANDIDATES = (TestTimeAdaptation(optimizer="sgd", lr=0.1), TestTimeAdaptation(optimizer="sgd", lr=0.3),

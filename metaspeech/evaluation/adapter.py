@@ -1,7 +1,7 @@
 """``FewShotAdapter``: test-time adaptation of a learner's scope, and transcription with the adapted weights.
 
-Why a plain object: the k x s protocol (:mod:`~metaspeech.protocol`), the meta-val selection
-(:mod:`~metaspeech.selection`), the speaker oracle and ``metaspeech adapt`` all need the same three
+Why a plain object: the k x s protocol (:mod:`~metaspeech.evaluation.protocol`), the meta-val selection
+(:mod:`~metaspeech.evaluation.selection`), the speaker oracle and ``metaspeech adapt`` all need the same three
 operations: adapt on a support set, score a batch, transcribe it. None of them needs a Trainer, so
 they live here; :class:`~metaspeech.module.MetaSpeechModule` hands in what only it knows (the fp16
 loss scale, the tokenizer).
@@ -14,17 +14,17 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from metaspeech.adaptation_guard import check_guard, guarded_adapt
+from metaspeech.evaluation.guard import check_guard, guarded_adapt
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.inner_loop import InnerLoop
 from metaspeech.engine.batch import TaskBatch
-from metaspeech.collapse_guard import CollapseGuard
+from metaspeech.evaluation.collapse_guard import CollapseGuard
 from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
 from metaspeech.loss_scaling import retry_at_smaller_scales
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.speech.objectives import SUPERVISED
-from metaspeech.oracle import OracleFit, SpeakerOracle
-from metaspeech.test_time import TestTimeAdaptation
+from metaspeech.evaluation.oracle import OracleFit, SpeakerOracle
+from metaspeech.evaluation.test_time import TestTimeAdaptation
 from metaspeech.speech.tokenizer import Tokenizer
 
 
@@ -35,12 +35,12 @@ class FewShotAdapter:
         recognizer: the model the learner wraps; it brings the decoder.
         learner: the functional view of ``recognizer`` with the training scope.
         algorithm: the plugin whose ``inner_loop`` and ``adapt`` hooks make the inner loop.
-        guard: ``none`` or ``cross_validation`` (:mod:`~metaspeech.adaptation_guard`), for supervised adaptation.
+        guard: ``none`` or ``cross_validation`` (:mod:`~metaspeech.evaluation.guard`), for supervised adaptation.
         test_time: the scope, inner optimizer and learning rate of test-time adaptation (default: the training
             scope, SGD at the plugin's own rate). ``self.learner`` is the learner of that scope.
         objective: what test-time adaptation minimizes by default: ``supervised`` (needs transcripts) or a
             label-free objective of the recognizer (``entropy``, ``pseudo_label``: :mod:`~metaspeech.speech.objectives`).
-        collapse_guard: checks every label-free adaptation (:mod:`~metaspeech.collapse_guard`); None: off.
+        collapse_guard: checks every label-free adaptation (:mod:`~metaspeech.evaluation.collapse_guard`); None: off.
     """
 
     def __init__(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, guard: str = "none",
@@ -155,7 +155,7 @@ class FewShotAdapter:
     def speaker_oracle(self, oracle: SpeakerOracle, pool: TaskBatch, evaluation: TaskBatch,
                        tokenizer: Tokenizer) -> tuple[list[str], OracleFit]:
         """Transcripts ``[B]`` of ``evaluation`` by the recognizer fine-tuned on one speaker's large ``pool``
-        (:mod:`~metaspeech.oracle`: every candidate scope, early-stopped), and that fit."""
+        (:mod:`~metaspeech.evaluation.oracle`: every candidate scope, early-stopped), and that fit."""
         fit = oracle.fit(self.recognizer, self.recognizer.loss, pool)
         return self.transcribe(evaluation, tokenizer, fit.fast, fit.learner)[0], fit
 

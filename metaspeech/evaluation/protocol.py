@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from metaspeech.adaptation_guard import Adapt, Loss
+from metaspeech.evaluation.guard import Adapt, Loss
 from metaspeech.engine.batch import EvaluationBatch, TaskBatch
 from metaspeech.errors import ConfigError
-from metaspeech.evaluation import UtteranceRecord, score_utterance, word_errors
+from metaspeech.evaluation.scoring import UtteranceRecord, score_utterance, word_errors
 from metaspeech.engine.learner import FastWeights
-from metaspeech.oracle import OracleFit
+from metaspeech.evaluation.oracle import OracleFit
 
 AdaptAlong = Callable[[TaskBatch, Sequence[int]], dict[int, FastWeights]]
 """``adapt_along(support, steps)`` -> fast weights ``[T, ...]`` after each step count in ``steps``
-(:meth:`metaspeech.adapter.FewShotAdapter.adapt_along`: one inner loop read at every count)."""
+(:meth:`metaspeech.evaluation.adapter.FewShotAdapter.adapt_along`: one inner loop read at every count)."""
 Transcribe = Callable[[TaskBatch, FastWeights], list[list[str]]]
 """``transcribe(batch, fast)`` -> hypotheses ``[T][B]``."""
 Oracle = Callable[[TaskBatch, TaskBatch], tuple[list[str], OracleFit]]

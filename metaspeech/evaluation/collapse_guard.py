@@ -2,7 +2,7 @@
 
 Why: entropy minimization has trivial minima. The posteriors of every frame can become one-hot
 on the CTC blank (zero entropy, empty transcripts), and pseudo-labelling can reinforce its own
-errors. Without transcripts the cross-validation guard (:mod:`metaspeech.adaptation_guard`) has
+errors. Without transcripts the cross-validation guard (:mod:`metaspeech.evaluation.guard`) has
 no loss to check, so this guard compares, on the adaptation audio itself, the adapted greedy
 output with the unadapted one, per task:
 

@@ -89,7 +89,7 @@ class AdaptationReport:
 
     ``adaptation_seconds[(task, k)]`` is the audio duration of the k adaptation utterances;
     ``groups[task]`` an optional group label (e.g. ``"unseen accent"``) reported separately.
-    ``oracle`` holds the speaker oracle's records (:mod:`metaspeech.oracle`): with them every
+    ``oracle`` holds the speaker oracle's records (:mod:`metaspeech.evaluation.oracle`): with them every
     condition also reports the oracle WER of its speakers and the share of the gap closed,
     ``(WER at s=0 - WER) / (WER at s=0 - oracle WER)``. ``accent_oracle`` holds the accent oracle's records
     (fine-tuned on the speaker's accent mates too); each condition reports its WER where every speaker has one.

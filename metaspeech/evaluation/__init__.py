@@ -1,0 +1,1 @@
+"""Evaluation: test-time adaptation, the k x s protocol, oracles, guards, scoring and the report."""
