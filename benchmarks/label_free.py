@@ -33,7 +33,7 @@ import torch
 
 from metaspeech.experiment import QUICK_RUN, _cli
 from metaspeech.inference import load_module
-from metaspeech.label_free import (
+from metaspeech.training.label_free import (
     LabelFreeRow,
     choose_on_meta_val,
     evaluate_speaker,

@@ -5,7 +5,7 @@
 
 Why: without chunks the engine holds all T tasks' double-backward graphs until the one
 backward. With chunks of c tasks each chunk's share of the outer loss is backpropagated
-at once (as :meth:`metaspeech.module.MetaSpeechModule.training_step` does), so
+at once (as :meth:`metaspeech.training.module.MetaSpeechModule.training_step` does), so
 peak memory should fall roughly with T / c at the price of less task batching. Each
 cell runs in a fresh subprocess; memory is the peak above the process's footprint
 before the first step (CPU: max RSS; CUDA: max allocated). Prints a table, writes JSON.

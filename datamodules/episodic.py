@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from metaspeech.speech.audio import load_audio
 from metaspeech.engine.batch import EvaluationBatch
-from metaspeech.checkpoint_io import read_metaspeech_section
+from metaspeech.training.checkpoint_io import read_metaspeech_section
 from metaspeech.engine.config import check_at_least
 from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
 from metaspeech.datamodules.dataset import UtteranceDataset

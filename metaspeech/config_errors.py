@@ -16,8 +16,8 @@ import inspect
 import re
 from typing import Iterable
 
-CLASS_PACKAGES = ("metaspeech.models", "metaspeech.algorithms", "metaspeech.datamodules", "metaspeech.loggers",
-                  "metaspeech.checkpoint_io", "metaspeech.evaluation.selection", "lightning.pytorch.callbacks",
+CLASS_PACKAGES = ("metaspeech.models", "metaspeech.algorithms", "metaspeech.datamodules", "metaspeech.training.loggers",
+                  "metaspeech.training.checkpoint_io", "metaspeech.evaluation.selection", "lightning.pytorch.callbacks",
                   "lightning.pytorch.loggers")
 """Where the classes a config names usually live: the candidates for an unknown ``class_path``."""
 

@@ -7,8 +7,8 @@ module offers them by having these members; ``EpisodicDataModule`` (and so every
 corpus) has all of them. Any other ``LightningDataModule`` works too, without these features.
 
 Where each is read: :class:`SpeechFrontEnd` once, by ``MetaSpeechModule.setup``
-(:meth:`~metaspeech.module.MetaSpeechModule.use_front_end`); :class:`HeldOutSpeakers` by the
-test report (:class:`~metaspeech.reporting.AdaptationReportWriter`). The sizes a recognizer is
+(:meth:`~metaspeech.training.module.MetaSpeechModule.use_front_end`); :class:`HeldOutSpeakers` by the
+test report (:class:`~metaspeech.training.reporting.AdaptationReportWriter`). The sizes a recognizer is
 built with (``vocab_size``, ``input_dim``) are constructor arguments instead: the CLI links
 them from ``data.vocab_size`` / ``data.feature_dim`` (:mod:`metaspeech.lightning_cli`), since a
 recognizer's weights exist before any Trainer does.

@@ -20,7 +20,7 @@ from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport
 from metaspeech.evaluation.label_free_report import label_free_markdown, summarize_label_free
 from metaspeech.lightning_cli import build_cli
 from metaspeech.parallel_runs import Run, run_side_by_side
-from metaspeech.reporting import last_test_report
+from metaspeech.training.reporting import last_test_report
 
 QUICK_RUN = [
     "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
@@ -129,7 +129,7 @@ def collect_reports(output: Path) -> dict[str, dict[int, AdaptationReport]]:
 def write_comparison(results: dict[str, dict[int, AdaptationReport]], seeds: list[int], output: Path) -> dict[str, Any]:
     """Summarize ``results`` into ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png`` under ``output``."""
     rows = summarize(results)
-    label_free = summarize_label_free(results, rows)  # empty unless the runs had metaspeech.label_free.LabelFreeEvaluation
+    label_free = summarize_label_free(results, rows)  # empty unless the runs had metaspeech.training.label_free.LabelFreeEvaluation
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "comparison.json"
     json_path.write_text(json.dumps({"seeds": seeds, "headline": headline(rows), "rows": rows, "label_free": label_free}, indent=2))

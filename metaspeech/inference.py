@@ -16,7 +16,7 @@ from torch import Tensor
 
 from metaspeech.speech.audio import load_audio
 from metaspeech.engine.batch import TaskBatch
-from metaspeech.checkpoint_io import (
+from metaspeech.training.checkpoint_io import (
     CheckpointError,
     load_checkpoint_file,
     read_metaspeech_section,
@@ -24,7 +24,7 @@ from metaspeech.checkpoint_io import (
 )
 from metaspeech.errors import DataError
 from metaspeech.speech.features import FeatureConfig, FeatureExtractor
-from metaspeech.module import MetaSpeechModule
+from metaspeech.training.module import MetaSpeechModule
 from metaspeech.speech.objectives import SUPERVISED
 from metaspeech.speech.text import normalize_text
 from metaspeech.speech.tokenizer import CharTokenizer, UnknownCharacterError

@@ -23,13 +23,13 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from metaspeech.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
+from metaspeech.training.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
 from metaspeech.engine.config import import_class
 from metaspeech.config_errors import readable_config_error
 from metaspeech.datamodules.episodic import EpisodicDataModule
 from metaspeech.errors import ConfigError, MetaSpeechError
-from metaspeech.module import MetaSpeechModule
-from metaspeech.progress import MetaTrainingProgressBar
+from metaspeech.training.module import MetaSpeechModule
+from metaspeech.training.progress import MetaTrainingProgressBar
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "meta-train a recognizer (an episodic outer loop over speaker-tasks)",
@@ -99,7 +99,7 @@ class MetaSpeechCLI(LightningCLI):
     config never states them twice: they are the recognizer's constructor arguments, linked
     here; the tokenizer and feature settings reach the model at setup instead
     (:mod:`metaspeech.data_contract`, docs/architecture.md "What the model takes from the data"). Checkpoints are written atomically
-    (:class:`~metaspeech.checkpoint_io.AtomicCheckpointIO`): a job killed while saving
+    (:class:`~metaspeech.training.checkpoint_io.AtomicCheckpointIO`): a job killed while saving
     keeps its previous ``last.ckpt``. ``validate`` / ``test`` / ``predict`` with
     ``--ckpt_path`` rebuild the recognizer, algorithm, scope, features and tokenizer
     from the checkpoint, so no architecture flag of the fit has to be repeated.
@@ -130,7 +130,7 @@ class MetaSpeechCLI(LightningCLI):
 
         Why here: Lightning loads that file next (for its hyperparameters), and its loader turns a
         missing, damaged or hostile file into a traceback that advises ``weights_only=False``.
-        :func:`~metaspeech.checkpoint_io.read_metaspeech_section` refuses such a file first, in one
+        :func:`~metaspeech.training.checkpoint_io.read_metaspeech_section` refuses such a file first, in one
         line. Lightning's own names (``last``, ``best``, ``hpc``, ``registry...``) and remote URLs are
         left to Lightning.
         """
@@ -207,10 +207,10 @@ class MetaSpeechCLI(LightningCLI):
             raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured Trainer, writing checkpoints atomically (see :mod:`metaspeech.checkpoint_io`).
+        """The configured Trainer, writing checkpoints atomically (see :mod:`metaspeech.training.checkpoint_io`).
 
         Unless the config names a progress bar (or disables it), it is
-        :class:`~metaspeech.progress.MetaTrainingProgressBar`, which counts outer steps.
+        :class:`~metaspeech.training.progress.MetaTrainingProgressBar`, which counts outer steps.
         Atomic checkpoint IO is installed here rather than as a ``trainer.plugins`` default so that a config listing
         its own plugins (a cluster environment, a precision plugin) keeps crash-safe checkpoints;
         a config naming a ``CheckpointIO`` other than Lightning's ``TorchCheckpointIO`` keeps it.

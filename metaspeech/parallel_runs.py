@@ -30,7 +30,7 @@ from rich.progress import Progress
 
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import AdaptationReport
-from metaspeech.progress import bar_columns
+from metaspeech.training.progress import bar_columns
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def _deterministic_threads():
 def tiny_module():
     """A factory for a MetaSpeechModule with a tiny BiLSTM recognizer."""
     from metaspeech.models import BiLSTMCTC
-    from metaspeech.module import MetaSpeechModule
+    from metaspeech.training.module import MetaSpeechModule
 
     def make(algorithm, scope=("lin", "lhuc", "head"), **kwargs):
         torch.manual_seed(0)

@@ -43,7 +43,7 @@ from metaspeech.datamodules.embedded.sentences import make_sentence
 from metaspeech.datamodules.embedded.speakers import HELD_OUT_ACCENTS, SpeakerSpec, make_speakers
 from metaspeech.errors import ConfigError
 from metaspeech.manifest import Utterance, write_manifest
-from metaspeech.progress import progress
+from metaspeech.training.progress import progress
 
 GENERATOR_VERSION = 1
 """Bump when generation changes its output, so cached corpora are regenerated."""

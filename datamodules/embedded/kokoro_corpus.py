@@ -52,7 +52,7 @@ from metaspeech.datamodules.embedded.kokoro_assets import MODEL_SHA256, fetch_vo
 from metaspeech.datamodules.embedded.kokoro_speakers import KokoroSpeakerSpec, make_kokoro_speakers
 from metaspeech.datamodules.embedded.sentences import make_sentence
 from metaspeech.manifest import Utterance, write_manifest
-from metaspeech.progress import progress
+from metaspeech.training.progress import progress
 
 GENERATOR_VERSION = 1
 """Bump when Kokoro generation changes its output, so cached corpora are regenerated."""

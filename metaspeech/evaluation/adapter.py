@@ -3,7 +3,7 @@
 Why a plain object: the k x s protocol (:mod:`~metaspeech.evaluation.protocol`), the meta-val selection
 (:mod:`~metaspeech.evaluation.selection`), the speaker oracle and ``metaspeech adapt`` all need the same three
 operations: adapt on a support set, score a batch, transcribe it. None of them needs a Trainer, so
-they live here; :class:`~metaspeech.module.MetaSpeechModule` hands in what only it knows (the fp16
+they live here; :class:`~metaspeech.training.module.MetaSpeechModule` hands in what only it knows (the fp16
 loss scale, the tokenizer).
 """
 
@@ -20,7 +20,7 @@ from metaspeech.engine.inner_loop import InnerLoop
 from metaspeech.engine.batch import TaskBatch
 from metaspeech.evaluation.collapse_guard import CollapseGuard
 from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
-from metaspeech.loss_scaling import retry_at_smaller_scales
+from metaspeech.training.loss_scaling import retry_at_smaller_scales
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.speech.objectives import SUPERVISED
 from metaspeech.evaluation.oracle import OracleFit, SpeakerOracle

@@ -1,7 +1,7 @@
 """The label-free rows of a comparison: means over seeds, the share of the supervised gain, a markdown table.
 
 Why apart from :mod:`metaspeech.experiment`: the supervised table is built there; the label-free rows
-(:mod:`metaspeech.label_free`, stored in each test report's ``settings["label_free"]``) sit beside it and
+(:mod:`metaspeech.training.label_free`, stored in each test report's ``settings["label_free"]``) sit beside it and
 are compared with it cell by cell, which is all this module does.
 
 The share of the supervised gain of a label-free cell is ``(unadapted WER - label-free WER) /

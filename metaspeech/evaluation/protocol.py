@@ -3,7 +3,7 @@
 Why apart from the LightningModule: the protocol (adapt on the first k pool utterances
 for s steps, decode the evaluation set, score every utterance) is the heart of every
 reported number, and it must be testable with any adapt / transcribe functions,
-without a Trainer. :class:`~metaspeech.module.MetaSpeechModule` gives it its own.
+without a Trainer. :class:`~metaspeech.training.module.MetaSpeechModule` gives it its own.
 """
 
 from __future__ import annotations

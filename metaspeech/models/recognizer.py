@@ -3,7 +3,7 @@
 Why the loss and the decoder live on the recognizer: both belong to what its last stage
 emits. A CTC model emits per-frame log-probs, trained with CTC and read by collapsing
 repeats; an attention decoder or a transducer emits something else, with its own loss and
-its own search. With both on the recognizer, :class:`~metaspeech.module.MetaSpeechModule`,
+its own search. With both on the recognizer, :class:`~metaspeech.training.module.MetaSpeechModule`,
 the :class:`~metaspeech.engine.learner.Learner` it builds, the speaker oracle and the test
 protocol work for any recognizer unchanged (docs/architecture.md, "Add a recognizer").
 """

@@ -7,7 +7,7 @@ shows the meta-learner speakers it has not met. The warp is drawn per task and
 applied to its support *and* query sets, so a task stays one consistent speaker.
 SpecAugment then masks each utterance independently.
 
-Both draw from the global RNG; :class:`~metaspeech.module.MetaSpeechModule` calls
+Both draw from the global RNG; :class:`~metaspeech.training.module.MetaSpeechModule` calls
 them inside its per-step seeded RNG, so augmented runs stay reproducible and
 resume exactly.
 """

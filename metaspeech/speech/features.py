@@ -322,7 +322,7 @@ class FeatureCache:
             return None
 
     def _write(self, cache_file: Path, stored: dict[str, tuple[Tensor, Tensor]]) -> None:
-        from metaspeech.checkpoint_io import save_atomically  # lazy: it imports Lightning
+        from metaspeech.training.checkpoint_io import save_atomically  # lazy: it imports Lightning
 
         payload = {"config": asdict(self.config), "paths": list(stored),
                    "features": [f for f, _ in stored.values()], "statistics": [s for _, s in stored.values()]}

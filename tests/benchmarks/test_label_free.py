@@ -6,7 +6,7 @@ import math
 
 from benchmarks import label_free
 from metaspeech.algorithms import FOMAML
-from metaspeech.label_free import LabelFreeRow
+from metaspeech.training.label_free import LabelFreeRow
 
 
 def test_rows_compare_label_free_with_supervised_and_the_cost_is_timed(tiny_data, tiny_module, tiny_trainer) -> None:

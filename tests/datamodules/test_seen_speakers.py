@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from metaspeech.datamodules.seen_speakers import SEEN_GROUP
-from metaspeech.reporting import last_test_report
+from metaspeech.training.reporting import last_test_report
 
 
 def test_seen_speakers_are_scored_on_sentences_removed_from_meta_training(tiny_data) -> None:

@@ -1,4 +1,4 @@
-"""The ``metaspeech`` checkpoint section: one format, written and read by ``metaspeech.checkpoint_io`` only."""
+"""The ``metaspeech`` checkpoint section: one format, written and read by ``metaspeech.training.checkpoint_io`` only."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML
-from metaspeech.checkpoint_io import (
+from metaspeech.training.checkpoint_io import (
     SECTION,
     CheckpointError,
     MetaSpeechSection,

@@ -334,7 +334,7 @@ def test_a_stereo_recording_is_averaged_to_mono_and_counted_in_the_warning(corpu
 
 
 def torch_load(path: Path) -> dict:
-    from metaspeech.checkpoint_io import load_checkpoint_file
+    from metaspeech.training.checkpoint_io import load_checkpoint_file
 
     return load_checkpoint_file(path)
 
@@ -342,7 +342,7 @@ def torch_load(path: Path) -> dict:
 def checkpoint_every_step(path: Path, checkpoints: Path | None, logger: Path | None = None) -> Path:
     """A config: last.ckpt every step in ``checkpoints`` (None: the logger's folder) [and a CSVLogger in ``logger``]."""
     folder = f"dirpath: '{checkpoints}', " if checkpoints is not None else ""
-    lines = ["trainer:", "  callbacks:", "    - class_path: metaspeech.checkpoint_io.ModelCheckpoint",
+    lines = ["trainer:", "  callbacks:", "    - class_path: metaspeech.training.checkpoint_io.ModelCheckpoint",
              f"      init_args: {{{folder}save_last: true, every_n_train_steps: 1}}"]
     if logger is not None:
         lines += ["  logger:", "    class_path: lightning.pytorch.loggers.CSVLogger", f"    init_args: {{save_dir: '{logger}'}}"]

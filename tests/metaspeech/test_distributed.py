@@ -24,7 +24,7 @@ from torch import nn
 
 from metaspeech.algorithms import FOMAML, MAML, MetaAlgorithm, Reptile
 from metaspeech.evaluation.oracle import SpeakerOracle
-from metaspeech.reporting import last_test_report
+from metaspeech.training.reporting import last_test_report
 from metaspeech.evaluation.selection import TestTimeSelection
 from metaspeech.evaluation.test_time import TestTimeAdaptation
 

@@ -10,7 +10,7 @@ import torch
 
 from metaspeech.algorithms import FOMAML
 from metaspeech.errors import ConfigError
-from metaspeech.label_free import LabelFreeEvaluation, LabelFreeRow, choose_on_meta_val, one_task_per_utterance
+from metaspeech.training.label_free import LabelFreeEvaluation, LabelFreeRow, choose_on_meta_val, one_task_per_utterance
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def trained(tmp_path_factory, corpus_root, feature_cache):
 
     from metaspeech.datamodules import EmbeddedCorpus
     from metaspeech.models import BiLSTMCTC
-    from metaspeech.module import MetaSpeechModule
+    from metaspeech.training.module import MetaSpeechModule
     from tests.conftest import TINY_MODEL_ARGS
 
     data = EmbeddedCorpus(preset="tiny", root=str(corpus_root), cache_dir=str(feature_cache), k_shot=3, q_query=3,

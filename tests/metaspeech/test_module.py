@@ -145,7 +145,7 @@ def _fp16_trainer(tiny_trainer, init_scale: float, **overrides):
 
 def _tiny_conformer_module(algorithm, **kwargs):
     from metaspeech.models import ConformerCTC
-    from metaspeech.module import MetaSpeechModule
+    from metaspeech.training.module import MetaSpeechModule
 
     torch.manual_seed(0)
     recognizer = ConformerCTC(vocab_size=29, input_dim=80, d_model=32, num_layers=1, heads=2, ffn_dim=64, kernel_size=3,

@@ -10,7 +10,7 @@ from metaspeech.algorithms import FOMAML, MAML, HyperInit, MetaSGD
 from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.evaluation.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
 from metaspeech.errors import ConfigError
-from metaspeech.label_free import without_transcripts
+from metaspeech.training.label_free import without_transcripts
 from metaspeech.engine.learner import Learner
 from metaspeech.models import BiLSTMCTC
 from metaspeech.speech.objectives import EntropyObjective, PseudoLabelObjective, class_confusion, frame_entropy, mean_confidence

@@ -10,7 +10,7 @@ import torch
 from metaspeech.algorithms import FOMAML
 from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
 from metaspeech.evaluation.oracle import SpeakerOracle
-from metaspeech.reporting import last_test_report
+from metaspeech.training.reporting import last_test_report
 
 
 def _record(task: str, shots: int, steps: int, errors: int, words: int = 10) -> UtteranceRecord:

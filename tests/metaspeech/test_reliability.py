@@ -32,7 +32,7 @@ import lightning as L
 import pytest
 import torch
 
-from metaspeech.checkpoint_io import AtomicCheckpointIO, save_atomically, use_atomic_checkpoint_io
+from metaspeech.training.checkpoint_io import AtomicCheckpointIO, save_atomically, use_atomic_checkpoint_io
 from metaspeech.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,12 +69,12 @@ class PauseAt(Callback):
 def _callbacks_config(path: Path, checkpoint_dir: Path, pause: tuple[int, Path] | None = None, best_dir: Path | None = None) -> Path:
     """A YAML config with ``trainer.callbacks``: last.ckpt every step [+ best by meta-val WER] [+ the pause]."""
     lines = [
-        "  - class_path: metaspeech.checkpoint_io.ModelCheckpoint",
+        "  - class_path: metaspeech.training.checkpoint_io.ModelCheckpoint",
         f"    init_args: {{dirpath: '{checkpoint_dir}', save_last: true, every_n_train_steps: 1}}",
     ]
     if best_dir is not None:  # like configs/trainer/cpu.yaml: the best checkpoint by meta-val WER after adaptation
         lines += [
-            "  - class_path: metaspeech.checkpoint_io.ModelCheckpoint",
+            "  - class_path: metaspeech.training.checkpoint_io.ModelCheckpoint",
             f"    init_args: {{dirpath: '{best_dir}', monitor: val/wer_post, mode: min, filename: 'best-{{step}}'}}",
         ]
     if pause is not None:
@@ -321,7 +321,7 @@ def test_atomic_save_replaces_a_symlink_instead_of_writing_through_it(tmp_path) 
 SLOW_SAVE = '''
 import os, sys, time
 import torch
-import metaspeech.checkpoint_io as checkpoint_io
+import metaspeech.training.checkpoint_io as checkpoint_io
 
 path, marker = sys.argv[1], sys.argv[2]
 plugin = checkpoint_io.AtomicCheckpointIO()
@@ -438,7 +438,7 @@ def test_many_meta_steps_do_not_grow_memory(tiny_trainer, one_thread) -> None:
     from metaspeech.algorithms import MAML
     from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
     from metaspeech.models import BiLSTMCTC
-    from metaspeech.module import MetaSpeechModule
+    from metaspeech.training.module import MetaSpeechModule
 
     generator = torch.Generator().manual_seed(0)
 

@@ -10,7 +10,7 @@ import pytest
 from metaspeech.data_contract import HeldOutSpeakers, SpeechFrontEnd
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import score_utterance
-from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_objects
+from metaspeech.training.reporting import AdaptationReportWriter, TaskScores, gather_objects
 
 
 class _Module:

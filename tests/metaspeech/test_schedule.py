@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metaspeech.errors import ConfigError
-from metaspeech.schedule import check_decay, lr_factor
+from metaspeech.training.schedule import check_decay, lr_factor
 
 
 def test_warmup_then_constant() -> None:

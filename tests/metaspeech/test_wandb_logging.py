@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from metaspeech.algorithms import FOMAML
-from metaspeech.reporting import last_test_report
+from metaspeech.training.reporting import last_test_report
 
 FILE_HEADER = struct.Struct("<4sHB")
 RECORD_HEADER = struct.Struct("<IHB")
@@ -138,7 +138,7 @@ def fit_and_test(tiny_data, tiny_module, tiny_trainer, tmp_path: Path):
 def test_offline_wandb_run_holds_curves_tables_audio_and_hyperparameters(wandb_env: Path, fit_and_test) -> None:
     import wandb
 
-    from metaspeech.loggers import WandbLogger
+    from metaspeech.training.loggers import WandbLogger
 
     logger = WandbLogger(project="metaspeech-test", save_dir=str(wandb_env / "runs"), offline=True)
     try:
@@ -238,7 +238,7 @@ def _hand_made_report():
 
 
 def test_report_tables_curves_and_audio_captions_from_records() -> None:
-    from metaspeech.loggers import example_clips, report_tables
+    from metaspeech.training.loggers import example_clips, report_tables
 
     report = _hand_made_report()
     tables = report_tables(report)
@@ -265,7 +265,7 @@ def test_report_goes_to_csv_tables_on_rank_zero_only(tmp_path: Path, monkeypatch
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from metaspeech.loggers import log_adaptation_report
+    from metaspeech.training.loggers import log_adaptation_report
 
     report = _hand_made_report()
     logger = CSVLogger(save_dir=str(tmp_path), name="run")
@@ -285,7 +285,7 @@ def test_testing_a_checkpoint_logs_into_the_wandb_run_of_its_fit(wandb_env: Path
     from metaspeech.cli import build_cli
 
     arguments = [a for a in tiny_cli_args("fomaml.yaml") if a != "--trainer.logger=false"]
-    logger = ["--trainer.logger=metaspeech.loggers.WandbLogger", f"--trainer.logger.save_dir={wandb_env / 'runs'}",
+    logger = ["--trainer.logger=metaspeech.training.loggers.WandbLogger", f"--trainer.logger.save_dir={wandb_env / 'runs'}",
               "--trainer.logger.project=metaspeech-test"]
     try:
         fit = build_cli(["fit", *arguments, *logger, "--trainer.max_steps=2", "--trainer.limit_val_batches=0"])

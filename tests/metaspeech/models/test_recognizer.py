@@ -12,7 +12,7 @@ from torch import Tensor
 
 from metaspeech.algorithms import MAML
 from metaspeech.models import BiLSTMCTC, Recognizer
-from metaspeech.module import MetaSpeechModule
+from metaspeech.training.module import MetaSpeechModule
 
 TINY = dict(vocab_size=29, input_dim=80, d_model=16, hidden_dim=12, num_layers=1, adapter_dim=4, dropout=0.0)
 

@@ -49,7 +49,7 @@ class WandbLogger(_LightningWandbLogger):
 
 
 def log_run_config(loggers: Iterable[Logger], module: Any) -> None:
-    """Log what ``save_hyperparameters`` leaves out of a :class:`~metaspeech.module.MetaSpeechModule`'s
+    """Log what ``save_hyperparameters`` leaves out of a :class:`~metaspeech.training.module.MetaSpeechModule`'s
     configuration: the recognizer, the algorithm, the scope, the test protocol and the augmentation."""
     augmentation = module.augmentation.describe() if module.augmentation is not None else None
     config = {"recognizer": module.model.init_config, "algorithm": module.algorithm.init_config, "scope": module.scope,

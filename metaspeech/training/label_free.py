@@ -21,7 +21,7 @@ report the share of adaptations it refused and the share of speakers made worse.
 
     trainer:
       callbacks:
-        - class_path: metaspeech.label_free.LabelFreeEvaluation
+        - class_path: metaspeech.training.label_free.LabelFreeEvaluation
           init_args: {objectives: [entropy, pseudo_label], learning_rates: [0.01, 0.05, 0.2]}
 """
 
@@ -42,7 +42,7 @@ from metaspeech.engine.batch import EvaluationBatch, TaskBatch
 from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
-from metaspeech.loss_scaling import grad_scaler, loss_scale
+from metaspeech.training.loss_scaling import grad_scaler, loss_scale
 from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
 
 TRANSDUCTIVE = "transductive"
@@ -114,7 +114,7 @@ class SpeakerResult:
 
 def evaluate_speaker(module: L.LightningModule, item: EvaluationBatch, row: LabelFreeRow, shots: Sequence[int],
                      steps: Sequence[int]) -> SpeakerResult:
-    """Adapt ``module`` (a :class:`~metaspeech.module.MetaSpeechModule`) label-free to one held-out speaker
+    """Adapt ``module`` (a :class:`~metaspeech.training.module.MetaSpeechModule`) label-free to one held-out speaker
     and score its evaluation utterances at every (k, s); transcripts are read only to score.
 
     ``s = 0`` records are the unadapted decoding (the baseline of every k). Transductive rows ignore

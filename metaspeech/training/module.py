@@ -2,8 +2,8 @@
 
 One training step is one meta-batch of T speaker-tasks: the plugin adapts on every support set and returns one
 outer loss; :meth:`MetaSpeechModule.training_step` backpropagates it once per task chunk
-(:mod:`~metaspeech.meta_gradient`), skips non-finite steps (and stops after ``max_consecutive_skips`` in a row),
-passes the fp16 loss scale in (:mod:`~metaspeech.loss_scaling`), clips, steps and logs. Dropout draws from a
+(:mod:`~metaspeech.training.meta_gradient`), skips non-finite steps (and stops after ``max_consecutive_skips`` in a row),
+passes the fp16 loss scale in (:mod:`~metaspeech.training.loss_scaling`), clips, steps and logs. Dropout draws from a
 generator seeded by ``(run seed, global step, skipped steps, rank)``, so a resumed run repeats the uninterrupted
 one. ``adapt`` and ``transcribe`` are the test-time API (:mod:`~metaspeech.evaluation.adapter`); the test protocol is
 :mod:`~metaspeech.evaluation.protocol`.
@@ -22,7 +22,7 @@ from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.engine.algorithm import MetaAlgorithm, OuterResult
 from metaspeech.speech.augmentation import EpisodeAugmentation
 from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
-from metaspeech.checkpoint_io import initialize_from, restore_module_section, save_module_section
+from metaspeech.training.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.evaluation.collapse_guard import CollapseGuard
 from metaspeech.engine.config import check_at_least, check_positive
 from metaspeech.data_contract import SpeechFrontEnd
@@ -30,17 +30,17 @@ from metaspeech.errors import ConfigError, TrainingStalledError
 from metaspeech.evaluation.scoring import word_errors
 from metaspeech.speech.features import FeatureConfig
 from metaspeech.engine.learner import FastWeights, Learner
-from metaspeech.loggers import RunConfigLogger
-from metaspeech.loss_scaling import back_off, grad_scaler, loss_scale
-from metaspeech.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
+from metaspeech.training.loggers import RunConfigLogger
+from metaspeech.training.loss_scaling import back_off, grad_scaler, loss_scale
+from metaspeech.training.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
 from metaspeech.models.recognizer import Recognizer, check_recognizer
 from metaspeech.speech.objectives import check_objective
 from metaspeech.evaluation.oracle import OracleFit, SpeakerOracle
-from metaspeech.predictions import HypothesisWriter
+from metaspeech.training.predictions import HypothesisWriter
 from metaspeech.evaluation.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
 from metaspeech.engine.randomness import seeded_rng
-from metaspeech.reporting import AdaptationReportWriter, TaskScores, gather_objects
-from metaspeech.schedule import check_decay, lr_factor
+from metaspeech.training.reporting import AdaptationReportWriter, TaskScores, gather_objects
+from metaspeech.training.schedule import check_decay, lr_factor
 from metaspeech.evaluation.selection import TestTimeSelection
 from metaspeech.evaluation.test_time import TestTimeAdaptation
 from metaspeech.speech.tokenizer import Tokenizer
@@ -152,7 +152,7 @@ class MetaSpeechModule(L.LightningModule):
         self.tokenizer, self.feature_config = tokenizer, features
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The test report (:mod:`metaspeech.reporting`), the predict writer (:mod:`metaspeech.predictions`) and the
+        """The test report (:mod:`metaspeech.training.reporting`), the predict writer (:mod:`metaspeech.training.predictions`) and the
         run configuration log, unless a fit installed them."""
         installed = {type(c) for c in self.trainer.callbacks}
         return [kind() for kind in (AdaptationReportWriter, HypothesisWriter, RunConfigLogger) if kind not in installed]
@@ -316,7 +316,7 @@ class MetaSpeechModule(L.LightningModule):
     def predict_step(self, item: EvaluationBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Adapt to one held-out speaker on ``max(test_shots)`` utterances of its adaptation pool (at most the pool)
         for ``max(test_steps)`` inner steps; one row per evaluation utterance, written by
-        :class:`~metaspeech.predictions.HypothesisWriter`."""
+        :class:`~metaspeech.training.predictions.HypothesisWriter`."""
         shots, steps = min(max(self.test_shots), item.pool.examples_per_task), max(self.test_steps)
         hypotheses = self.transcribe(item.evaluation, self.adapt(item.pool.take(shots), steps))[0]
         return [{"speaker": item.task, "id": utterance, "reference": reference, "hypothesis": hypothesis,

@@ -1,7 +1,7 @@
 """``metaspeech predict``: each held-out speaker's transcripts after adaptation, written as JSONL.
 
 Why a Lightning prediction writer: ``predict_step`` adapts to one speaker and transcribes its
-evaluation utterances (:meth:`~metaspeech.module.MetaSpeechModule.predict_step`); writing the rows
+evaluation utterances (:meth:`~metaspeech.training.module.MetaSpeechModule.predict_step`); writing the rows
 is Lightning's ``BasePredictionWriter`` job, batch by batch, so nothing is held until the end.
 The file is ``hypotheses.jsonl`` (``hypotheses_rank<r>.jsonl`` per DDP rank) in the folder the test
 report uses: ``model.results_dir``, else the logger's folder, else ``results/``.
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from metaspeech.reporting import AdaptationReportWriter
+from metaspeech.training.reporting import AdaptationReportWriter
 
 
 class HypothesisWriter(BasePredictionWriter):

@@ -60,7 +60,7 @@ from torch import nn
 from metaspeech.engine.config import instantiate
 from metaspeech.errors import ConfigError, MetaSpeechError
 from metaspeech.speech.features import FeatureConfig
-from metaspeech.loggers import log_version, wandb_run_id
+from metaspeech.training.loggers import log_version, wandb_run_id
 from metaspeech.speech.tokenizer import Tokenizer, tokenizer_from_dict
 
 TEMP_SUFFIX = ".tmp"
@@ -167,7 +167,7 @@ class MetaSpeechSection:
 
 
 def save_module_section(module: Any, checkpoint: dict[str, Any]) -> None:
-    """``on_save_checkpoint`` of a :class:`~metaspeech.module.MetaSpeechModule`: record how to rebuild it and its run state."""
+    """``on_save_checkpoint`` of a :class:`~metaspeech.training.module.MetaSpeechModule`: record how to rebuild it and its run state."""
     tokenizer, features = module.tokenizer, module.feature_config
     MetaSpeechSection(
         model=module.model.init_config, algorithm=module.algorithm.init_config, scope=list(module.scope),
@@ -178,7 +178,7 @@ def save_module_section(module: Any, checkpoint: dict[str, Any]) -> None:
 
 
 def restore_module_section(module: Any, checkpoint: dict[str, Any]) -> None:
-    """``on_load_checkpoint`` of a :class:`~metaspeech.module.MetaSpeechModule`: its tokenizer and the run state
+    """``on_load_checkpoint`` of a :class:`~metaspeech.training.module.MetaSpeechModule`: its tokenizer and the run state
     of an exact resume (skipped steps, run seed). A checkpoint without a section restores no skipped steps."""
     section = MetaSpeechSection.of(checkpoint)
     module.skipped_steps = section.skipped_steps if section is not None else 0

@@ -26,7 +26,7 @@ from metaspeech.speech.audio import AudioError, load_audio
 from metaspeech.data_contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
-from metaspeech.loggers import log_adaptation_report
+from metaspeech.training.loggers import log_adaptation_report
 
 T = TypeVar("T")
 

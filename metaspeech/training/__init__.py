@@ -1,0 +1,1 @@
+"""Lightning glue: the LightningModule and its outer step, loss scaling, schedule, checkpoints, callbacks, loggers."""
