@@ -12,7 +12,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(PY) -m metaspeech.environment
+	$(PY) -m metaspeech.cli.environment
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,7 +41,7 @@ def main() -> None:
                         help="re-build the table from the per-run JSON already under --output (e.g. runs done in parts)")
     args, extra = parser.parse_known_args()
 
-    from metaspeech.experiment import QUICK_RUN, collect_reports, run_comparison, write_comparison
+    from metaspeech.cli.experiment import QUICK_RUN, collect_reports, run_comparison, write_comparison
 
     if args.summarize_only:
         results = collect_reports(Path(args.output))

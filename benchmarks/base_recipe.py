@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from metaspeech.datamodules.episodic import EvaluationTaskDataset
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, score_utterance
-from metaspeech.experiment import QUICK_RUN, _cli
+from metaspeech.cli.experiment import QUICK_RUN, _cli
 
 SPEC_AUGMENT = [
     "--model.augmentation=metaspeech.speech.augmentation.EpisodeAugmentation",

@@ -23,7 +23,7 @@ Sections, each cell caught and recorded on its own (JSON and markdown rewritten 
                 fp32 and bf16 autocast: MAML, FOMAML, Reptile, HyperInit; LHUC and head scopes;
                 T in {8, 32}, k = 5, 5 inner steps; median of CUDA-synchronized steps after a
                 warm-up, peak memory per cell (torch.cuda.max_memory_allocated, reset per cell).
-  fit           `metaspeech fit` (metaspeech.cli.build_cli) of second-order MAML on the tiny
+  fit           `metaspeech fit` (metaspeech.cli.main.build_cli) of second-order MAML on the tiny
                 embedded corpus, bf16-mixed and 16-mixed, BiLSTMCTC and ConformerCTC: losses
                 finite, adaptation lowers the query loss (train/query_loss_pre vs _post), skipped steps.
   scale         the largest T that fits second-order MAML with 5 inner steps, with all steps
@@ -396,7 +396,7 @@ def clock(seconds: float) -> str:
 
 def fit_cell(settings: Settings, work_dir: Path, corpus: dict[str, Any], model: str, precision: str,
              max_seconds: float) -> dict[str, Any]:
-    from metaspeech.cli import build_cli
+    from metaspeech.cli.main import build_cli
 
     directory = work_dir / "fits" / f"{model}-{precision}"
     start = time.perf_counter()

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from metaspeech.experiment import QUICK_RUN, _cli
-from metaspeech.inference import load_module
+from metaspeech.cli.experiment import QUICK_RUN, _cli
+from metaspeech.cli.inference import load_module
 from metaspeech.training.label_free import (
     LabelFreeRow,
     choose_on_meta_val,

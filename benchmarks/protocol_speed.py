@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import torch
 
-from metaspeech.experiment import QUICK_RUN, _cli
-from metaspeech.inference import load_module
+from metaspeech.cli.experiment import QUICK_RUN, _cli
+from metaspeech.cli.inference import load_module
 
 SHOTS = [1, 5, 10, 20]
 STEPS = [0, 1, 5, 10, 20]

@@ -1,1 +1,1 @@
-"""The shipped YAML configs, installed as package data ``metaspeech.configs`` (see metaspeech/shipped_configs.py)."""
+"""The shipped YAML configs, installed as package data ``metaspeech.configs`` (see metaspeech/cli/shipped_configs.py)."""

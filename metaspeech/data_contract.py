@@ -10,7 +10,7 @@ Where each is read: :class:`SpeechFrontEnd` once, by ``MetaSpeechModule.setup``
 (:meth:`~metaspeech.training.module.MetaSpeechModule.use_front_end`); :class:`HeldOutSpeakers` by the
 test report (:class:`~metaspeech.training.reporting.AdaptationReportWriter`). The sizes a recognizer is
 built with (``vocab_size``, ``input_dim``) are constructor arguments instead: the CLI links
-them from ``data.vocab_size`` / ``data.feature_dim`` (:mod:`metaspeech.lightning_cli`), since a
+them from ``data.vocab_size`` / ``data.feature_dim`` (:mod:`metaspeech.cli.lightning_cli`), since a
 recognizer's weights exist before any Trainer does.
 """
 

@@ -1,6 +1,6 @@
 """The label-free rows of a comparison: means over seeds, the share of the supervised gain, a markdown table.
 
-Why apart from :mod:`metaspeech.experiment`: the supervised table is built there; the label-free rows
+Why apart from :mod:`metaspeech.cli.experiment`: the supervised table is built there; the label-free rows
 (:mod:`metaspeech.training.label_free`, stored in each test report's ``settings["label_free"]``) sit beside it and
 are compared with it cell by cell, which is all this module does.
 
@@ -35,7 +35,7 @@ def share_of_gain(unadapted: float, label_free: float, supervised: float) -> flo
 
 def summarize_label_free(results: dict[str, dict[int, AdaptationReport]], supervised_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (algorithm, row set, speaker group, k, s): means over seeds, with the supervised WER of the same
-    cell (``supervised_rows`` from :func:`metaspeech.experiment.summarize`) and the share of its gain reached."""
+    cell (``supervised_rows`` from :func:`metaspeech.cli.experiment.summarize`) and the share of its gain reached."""
     supervised = {(r["algorithm"], r.get("group", "all"), r["shots"], r["steps"]): r["wer"] for r in supervised_rows}
     rows = []
     for name, by_seed in results.items():

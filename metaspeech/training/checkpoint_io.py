@@ -12,7 +12,7 @@ state of an exact resume. The module's checkpoint hooks write and read it
 :func:`read_metaspeech_section` reads it from a file (``test --ckpt_path``,
 ``tokenizer_from``, ``metaspeech adapt``), :meth:`MetaSpeechSection.module_arguments`
 gives Lightning's ``load_from_checkpoint`` what the hyperparameters lack
-(:func:`metaspeech.inference.load_module`), and :func:`load_recognizer_weights` takes
+(:func:`metaspeech.cli.inference.load_module`), and :func:`load_recognizer_weights` takes
 the recognizer's weights from ``state_dict`` (``model.init_from``).
 
 Writing: a checkpoint on disk is always either the old one or the new one, never half of one.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from metaspeech.algorithms import MetaAlgorithm
-from metaspeech.cli import main
+from metaspeech.cli.main import main
 
 CALLS = {"step_size": 0}
 

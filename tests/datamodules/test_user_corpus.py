@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metaspeech.cli import main
+from metaspeech.cli.main import main
 from metaspeech.datamodules import EpisodicDataModule
 from metaspeech.manifest import Utterance, read_manifest
 

@@ -18,7 +18,7 @@ from metaspeech.training.checkpoint_io import (
 )
 from metaspeech.errors import ConfigError
 from metaspeech.speech.features import FeatureConfig
-from metaspeech.inference import load_adaptation
+from metaspeech.cli.inference import load_adaptation
 from metaspeech.speech.tokenizer import CharTokenizer
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaspeech.cli import main
+from metaspeech.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 ALGORITHM_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
@@ -23,7 +23,7 @@ def test_every_algorithm_config_runs_a_fast_dev_run(config: str, tiny_cli_args: 
 
 @pytest.mark.parametrize("config", DATA_CONFIGS)
 def test_every_data_config_parses(config: str, tmp_path: Path) -> None:
-    from metaspeech.cli import build_cli
+    from metaspeech.cli.main import build_cli
 
     args = ["--config", str(REPO / "configs/maml.yaml"), "--config", str(REPO / "configs/data" / config), "--print_config"]
     with pytest.raises(SystemExit) as exit_info:
@@ -33,7 +33,7 @@ def test_every_data_config_parses(config: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config", TRAINER_CONFIGS)
 def test_every_trainer_config_parses(config: str, capsys) -> None:
-    from metaspeech.cli import build_cli
+    from metaspeech.cli.main import build_cli
 
     args = ["--config", str(REPO / "configs/trainer" / config), "--config", str(REPO / "configs/maml.yaml"),
             "--config", str(REPO / "configs/data/embedded_tiny.yaml"), "--print_config"]
@@ -142,7 +142,7 @@ def test_a_config_without_data_defaults_to_the_embedded_corpus(capsys) -> None:
 
 
 def test_task_augmentation_is_configured_from_the_command_line(tiny_cli_args) -> None:
-    from metaspeech.cli import build_cli
+    from metaspeech.cli.main import build_cli
 
     cli = build_cli(["fit", *tiny_cli_args("fomaml.yaml"), "--trainer.fast_dev_run=true",
                 "--model.augmentation=metaspeech.speech.augmentation.EpisodeAugmentation",

@@ -282,7 +282,7 @@ def test_the_test_report_gathers_every_ranks_speakers_and_equals_one_process(tin
 def test_metaspeech_fit_with_ddp_on_two_cpu_processes(tiny_cli_args, tmp_path: Path) -> None:
     """The real launcher: ``strategy=ddp`` re-runs the command for rank 1; fit, validate, checkpoint."""
     command = [
-        sys.executable, "-m", "metaspeech.cli", "fit", *tiny_cli_args("fomaml.yaml"),
+        sys.executable, "-m", "metaspeech.cli.main", "fit", *tiny_cli_args("fomaml.yaml"),
         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
         "--trainer.val_check_interval=3", "--trainer.check_val_every_n_epoch=null", "--trainer.limit_val_batches=2",
     ]

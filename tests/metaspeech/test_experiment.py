@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from metaspeech.cli import main
+from metaspeech.cli.main import main
 from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
-from metaspeech.experiment import headline, markdown_report, summarize
+from metaspeech.cli.experiment import headline, markdown_report, summarize
 from tests.conftest import REPO, TINY_MODEL_ARGS
 
 
@@ -107,7 +107,7 @@ def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_
 
 
 def test_comparison_can_be_rebuilt_from_runs_done_in_parts(tmp_path) -> None:
-    from metaspeech.experiment import collect_reports, write_comparison
+    from metaspeech.cli.experiment import collect_reports, write_comparison
 
     for algorithm, seed, errors in (("maml", 0, 0), ("maml", 1, 2), ("joint", 0, 1)):
         _report(errors).write(tmp_path / algorithm / f"seed{seed}", name=f"adaptation_{algorithm}")

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
-from metaspeech.experiment import write_comparison
+from metaspeech.cli.experiment import write_comparison
 from metaspeech.evaluation.label_free_report import share_of_gain
 
 

@@ -138,7 +138,7 @@ def test_no_oracle_ever_trains_or_early_stops_on_an_evaluation_utterance(tiny_da
 
 
 def test_a_few_shot_cell_below_the_oracle_is_flagged() -> None:
-    from metaspeech.experiment import markdown_table, summarize
+    from metaspeech.cli.experiment import markdown_table, summarize
 
     records = [_record("a", 5, 0, 6), _record("a", 5, 5, 1), _record("a", 5, 1, 5)]
     report = AdaptationReport(records, oracle=[_record("a", 30, 20, 2)])

@@ -282,7 +282,7 @@ def test_testing_a_checkpoint_logs_into_the_wandb_run_of_its_fit(wandb_env: Path
     """``fit`` then ``test --ckpt_path``: one W&B run (resumed by the id the checkpoint records)."""
     import wandb
 
-    from metaspeech.cli import build_cli
+    from metaspeech.cli.main import build_cli
 
     arguments = [a for a in tiny_cli_args("fomaml.yaml") if a != "--trainer.logger=false"]
     logger = ["--trainer.logger=metaspeech.training.loggers.WandbLogger", f"--trainer.logger.save_dir={wandb_env / 'runs'}",

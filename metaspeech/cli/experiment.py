@@ -18,8 +18,8 @@ from lightning.pytorch.callbacks import Callback
 
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport
 from metaspeech.evaluation.label_free_report import label_free_markdown, summarize_label_free
-from metaspeech.lightning_cli import build_cli
-from metaspeech.parallel_runs import Run, run_side_by_side
+from metaspeech.cli.lightning_cli import build_cli
+from metaspeech.cli.parallel_runs import Run, run_side_by_side
 from metaspeech.training.reporting import last_test_report
 
 QUICK_RUN = [
@@ -97,7 +97,7 @@ def run_comparison(
     same number of outer steps of its own: the comparison isolates what each
     algorithm does with an equal budget from an equal start. The shared starts are
     trained first, with all threads; with ``workers > 1`` the (algorithm, seed) runs then go
-    side by side, one process each (:mod:`metaspeech.parallel_runs`).
+    side by side, one process each (:mod:`metaspeech.cli.parallel_runs`).
     """
     runs = []
     for seed in seeds:

@@ -1,11 +1,11 @@
 """The ``metaspeech`` command.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's own CLI
-(:class:`~metaspeech.lightning_cli.MetaSpeechCLI`): configuration is YAML, any
+(:class:`~metaspeech.cli.lightning_cli.MetaSpeechCLI`): configuration is YAML, any
 recognizer, algorithm or data module (including a user's, by import path) is
 selected with ``class_path`` / ``init_args``. The practitioner's and housekeeping
 commands (``adapt``, ``transcribe``, ``generate``, ``compare``, ``demo``) live in
-:mod:`metaspeech.commands`.
+:mod:`metaspeech.cli.commands`.
 
 Exit status: 0 on success, 2 for a user-facing error (:mod:`metaspeech.errors`:
 bad data, configuration or checkpoint), printed as one line without a traceback
@@ -20,7 +20,7 @@ import sys
 import traceback
 
 from metaspeech.errors import MetaSpeechError
-from metaspeech.lightning_cli import LIGHTNING_SUBCOMMANDS, MetaSpeechCLI, RunInterrupted, build_cli
+from metaspeech.cli.lightning_cli import LIGHTNING_SUBCOMMANDS, MetaSpeechCLI, RunInterrupted, build_cli
 
 __all__ = ["DEBUG_ENV", "MetaSpeechCLI", "build_cli", "main", "usage"]
 
@@ -29,7 +29,7 @@ DEBUG_ENV = "METASPEECH_DEBUG"
 
 def usage() -> str:
     """The top-level help: every subcommand with one line."""
-    from metaspeech.commands import COMMANDS, summary
+    from metaspeech.cli.commands import COMMANDS, summary
 
     width = max(len(name) for name in [*LIGHTNING_SUBCOMMANDS, *COMMANDS]) + 2
     lines = ["usage: metaspeech <command> [options]   (metaspeech <command> --help for its options)", "",
@@ -61,7 +61,7 @@ def main(args: list[str] | None = None) -> int:
             # the other ranks by re-running sys.argv, so it must stay the real command line.
             build_cli(None if args is None else argv)
             return 0
-        from metaspeech.commands import run_command
+        from metaspeech.cli.commands import run_command
 
         return run_command(argv)
     except MetaSpeechError as err:

@@ -4,7 +4,7 @@ Why: after the shared start, every algorithm of ``metaspeech demo`` / ``compare`
 independent fit + test. The recognizer is small, so one run cannot keep several cores busy
 (two threads are only ~1.6x faster than one on the test protocol, BENCHMARKS.md §2), and two
 one-thread runs side by side finish sooner than the same runs one after the other with two
-threads each. A run does exactly what it does alone (:func:`~metaspeech.experiment.run_one`,
+threads each. A run does exactly what it does alone (:func:`~metaspeech.cli.experiment.run_one`,
 the same YAML); only its thread count changes, which moves float sums in the last digits.
 
 Each worker writes its console output to ``<run folder>/log.txt``; the parent shows one progress
@@ -35,7 +35,7 @@ from metaspeech.training.progress import bar_columns
 
 @dataclass(frozen=True)
 class Run:
-    """One (algorithm config, seed) of a comparison: what :func:`~metaspeech.experiment.run_one` fits and tests."""
+    """One (algorithm config, seed) of a comparison: what :func:`~metaspeech.cli.experiment.run_one` fits and tests."""
 
     algorithm_config: str
     data_config: str
@@ -138,7 +138,7 @@ def _start_worker(events: Any, threads: int) -> None:
 
 def _run_in_worker(run: Run) -> AdaptationReport:
     """One run in a worker: its output to ``<root>/log.txt``, progress to the parent, no progress bar of its own."""
-    from metaspeech.experiment import run_one
+    from metaspeech.cli.experiment import run_one
 
     run.root.mkdir(parents=True, exist_ok=True)
     with open(run.root / "log.txt", "w") as log:

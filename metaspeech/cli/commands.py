@@ -30,7 +30,7 @@ def run_command(argv: list[str]) -> int:
     """Run ``argv[0]`` with the rest of ``argv``; its exit status. User-facing errors propagate to the CLI."""
     name = argv[0]
     if name not in COMMANDS:
-        from metaspeech.lightning_cli import LIGHTNING_SUBCOMMANDS
+        from metaspeech.cli.lightning_cli import LIGHTNING_SUBCOMMANDS
 
         known = ", ".join([*LIGHTNING_SUBCOMMANDS, *COMMANDS])
         print(f"metaspeech: unknown command {name!r}; commands: {known} (metaspeech --help)", file=sys.stderr)
@@ -80,7 +80,7 @@ def adapt(argv: list[str]) -> int:
                         help="what adaptation minimizes: supervised (needs x.txt) or label-free, audio only (docs/label_free.md)")
     parser.add_argument("--lr", type=float, default=None, help="inner learning rate (default: the algorithm's eval_inner_lr)")
     args = parser.parse_args(argv)
-    from metaspeech.inference import adapt_speaker, find_recordings, load_module, save_atomically
+    from metaspeech.cli.inference import adapt_speaker, find_recordings, load_module, save_atomically
 
     module = load_module(args.checkpoint)
     if args.lr is not None:
@@ -105,7 +105,7 @@ def transcribe(argv: list[str]) -> int:
     parser.add_argument("--adaptation", default=None, help="a .pt written by `metaspeech adapt`")
     parser.add_argument("audio", nargs="+", help="audio files or folders")
     args = parser.parse_args(argv)
-    from metaspeech.inference import find_recordings, load_adaptation, load_module, transcribe_files
+    from metaspeech.cli.inference import find_recordings, load_adaptation, load_module, transcribe_files
 
     module = load_module(args.checkpoint)
     adaptation = load_adaptation(args.adaptation, module) if args.adaptation else None
@@ -128,9 +128,9 @@ def compare(argv: list[str]) -> int:
     parser.add_argument("--base_config", default="configs/base.yaml")
     parser.add_argument("--workers", type=_positive, default=None, help=WORKERS_HELP)
     args, unknown = parser.parse_known_args(argv)
-    from metaspeech.experiment import run_comparison
-    from metaspeech.parallel_runs import default_workers
-    from metaspeech.shipped_configs import shipped_config
+    from metaspeech.cli.experiment import run_comparison
+    from metaspeech.cli.parallel_runs import default_workers
+    from metaspeech.cli.shipped_configs import shipped_config
 
     summary = run_comparison(
         [shipped_config(c) for c in args.algorithms], shipped_config(args.data), shipped_config(args.trainer),
@@ -158,9 +158,9 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--output", default="results/demo")
     parser.add_argument("--workers", type=_positive, default=None, help=WORKERS_HELP)
     args, unknown = parser.parse_known_args(argv)
-    from metaspeech.experiment import QUICK_RUN, run_comparison
-    from metaspeech.parallel_runs import default_workers
-    from metaspeech.shipped_configs import shipped_config
+    from metaspeech.cli.experiment import QUICK_RUN, run_comparison
+    from metaspeech.cli.parallel_runs import default_workers
+    from metaspeech.cli.shipped_configs import shipped_config
 
     protocol = ["--config", shipped_config("configs/protocol/benchmark.yaml")]
     if args.preset == "tiny":  # its adaptation pools hold 5 utterances

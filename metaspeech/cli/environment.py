@@ -6,7 +6,7 @@ an undefined-symbol error that names neither version. ``make`` runs this module
 right after installing, so a broken pair stops the install at once with both
 versions named; ``requirements.lock`` pins a pair that loads.
 
-    python -m metaspeech.environment
+    python -m metaspeech.cli.environment
 """
 
 from __future__ import annotations

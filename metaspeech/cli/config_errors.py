@@ -4,7 +4,7 @@ Why: jsonargparse reports a typo'd key, an unknown ``class_path`` or a value of 
 ~65 lines of usage text followed by a nested explanation. :func:`readable_config_error` turns that
 explanation into one line (``model.algorithm.init_args.inner_stpes=3 is not an option of
 metaspeech.algorithms.MAML; did you mean inner_steps?``); the ``metaspeech`` parser
-(:class:`~metaspeech.lightning_cli.MetaSpeechArgumentParser`) raises it as a
+(:class:`~metaspeech.cli.lightning_cli.MetaSpeechArgumentParser`) raises it as a
 :class:`~metaspeech.errors.ConfigError`, and the usage is printed only with ``--help``.
 """
 

@@ -3,8 +3,8 @@
 :class:`MetaSpeechCLI` is LightningCLI with the links that keep model and data
 consistent, crash-safe checkpoints, a progress bar that counts outer steps, and
 evaluation of a checkpoint that rebuilds the model from it. :func:`build_cli` is
-how the console script (:mod:`metaspeech.cli`) and the experiment runner
-(:mod:`metaspeech.experiment`) construct it.
+how the console script (:mod:`metaspeech.cli.main`) and the experiment runner
+(:mod:`metaspeech.cli.experiment`) construct it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaspeech.training.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
 from metaspeech.engine.config import import_class
-from metaspeech.config_errors import readable_config_error
+from metaspeech.cli.config_errors import readable_config_error
 from metaspeech.datamodules.episodic import EpisodicDataModule
 from metaspeech.errors import ConfigError, MetaSpeechError
 from metaspeech.training.module import MetaSpeechModule
@@ -62,7 +62,7 @@ class RunInterrupted(Exception):
 
 
 class MetaSpeechArgumentParser(LightningArgumentParser):
-    """Lightning's argument parser, whose errors are one readable line (:mod:`metaspeech.config_errors`).
+    """Lightning's argument parser, whose errors are one readable line (:mod:`metaspeech.cli.config_errors`).
 
     A refused command line or config raises a :class:`~metaspeech.errors.ConfigError` naming the key, its
     value and the closest valid key or class, instead of printing the usage; ``--help`` prints the usage.

@@ -1,0 +1,1 @@
+"""The command line: the console script, LightningCLI, commands, comparisons and side-by-side runs."""
