@@ -33,7 +33,7 @@ def main() -> None:
     from metaspeech.datamodules import EmbeddedCorpus
     from metaspeech.datamodules.embedded import generate_corpus
     from metaspeech.engine.learner import Learner
-    from metaspeech.manifest import read_manifest
+    from metaspeech.datamodules.manifest import read_manifest
     from metaspeech.models import BiLSTMCTC
 
     torch.set_num_threads(2)

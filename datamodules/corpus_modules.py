@@ -24,7 +24,7 @@ from metaspeech.datamodules.corpora import (
 )
 from metaspeech.datamodules.embedded import generate_corpus
 from metaspeech.datamodules.episodic import EpisodicDataModule
-from metaspeech.manifest import Utterance, read_manifest
+from metaspeech.datamodules.manifest import Utterance, read_manifest
 from metaspeech.speech.tokenizer import CharTokenizer
 
 EMBEDDED_ALPHABET = "abcdefghijklmnopqrstuvwxyz' "

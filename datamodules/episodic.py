@@ -32,7 +32,7 @@ from metaspeech.datamodules.seen_speakers import SEEN_GROUP, SeenSpeakerTask, ho
 from metaspeech.datamodules.validation import check_task_sizes, validate_utterances
 from metaspeech.errors import ConfigError, DataError
 from metaspeech.speech.features import FeatureCache, FeatureConfig
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 from metaspeech.engine.randomness import unit_interval
 from metaspeech.speech.text import normalize_text
 from metaspeech.speech.tokenizer import CharTokenizer, Tokenizer

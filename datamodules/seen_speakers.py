@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS as SEEN_GROUP
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 from metaspeech.engine.randomness import seed_from_keys
 from metaspeech.speech.text import normalize_text
 

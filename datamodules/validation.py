@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple
 
 from metaspeech.speech.audio import AudioError, AudioHeader, audio_header
 from metaspeech.errors import DataError
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 
 ON_ERROR = ("skip", "raise")
 PROBE_THREADS = 8

@@ -17,7 +17,7 @@ from typing import Iterable
 
 from metaspeech.speech.audio import AudioError, SphereAudioError, audio_info
 from metaspeech.errors import MetaSpeechError
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 
 PROBE_THREADS = 8
 """Header reads are I/O bound (network file systems): a few threads hide the latency."""

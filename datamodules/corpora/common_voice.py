@@ -26,7 +26,7 @@ from metaspeech.datamodules.corpora._common import (
     require_dir,
     require_rows,
 )
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 
 LAYOUT = "Common Voice layout root/<split>.tsv (columns client_id, path, sentence, ...) and root/clips/<path>"
 REQUIRED_COLUMNS = ("client_id", "path", "sentence")

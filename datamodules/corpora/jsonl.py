@@ -1,6 +1,6 @@
-"""Any JSONL manifest (see :mod:`metaspeech.manifest`) as a corpus.
+"""Any JSONL manifest (see :mod:`metaspeech.datamodules.manifest`) as a corpus.
 
-Compared with :func:`metaspeech.manifest.read_manifest`, a missing or empty
+Compared with :func:`metaspeech.datamodules.manifest.read_manifest`, a missing or empty
 manifest is a :class:`CorpusLayoutError` like a missing corpus root, and audio
 files that do not exist are counted in one warning up front (the validation
 step then skips them or stops on them, per ``on_bad_input``).
@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from metaspeech.datamodules.corpora._common import CorpusLayoutError, require_rows
-from metaspeech.manifest import Utterance, read_manifest
+from metaspeech.datamodules.manifest import Utterance, read_manifest
 
 LAYOUT = "a JSONL file with one {audio_filepath, text, speaker, duration, ...} object per line"
 

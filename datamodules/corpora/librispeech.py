@@ -22,7 +22,7 @@ from metaspeech.datamodules.corpora._common import (
     require_dir,
     require_rows,
 )
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 
 LAYOUT = "LibriSpeech layout root/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt (+ .flac), or root=<subset folder>"
 

@@ -28,7 +28,7 @@ from metaspeech.datamodules.corpora._common import (
     require_dir,
     require_rows,
 )
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 
 LAYOUT = "TIMIT layout root/{TRAIN,TEST}/<DR1..DR8>/<speaker e.g. FCJF0>/<SENT>.WAV + <SENT>.TXT (any case)"
 SPLITS = ("train", "test")

@@ -25,7 +25,7 @@ from metaspeech.datamodules.corpora._common import (
     require_rows,
     warn_skipped,
 )
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 
 LAYOUT = (
     "VCTK layout root/wav48_silence_trimmed/<spk>/<spk>_<nnn>_mic1.flac (0.92) or "

@@ -42,7 +42,7 @@ from metaspeech.datamodules.embedded.kokoro_speakers import HELD_OUT_VOICES
 from metaspeech.datamodules.embedded.sentences import make_sentence
 from metaspeech.datamodules.embedded.speakers import HELD_OUT_ACCENTS, SpeakerSpec, make_speakers
 from metaspeech.errors import ConfigError
-from metaspeech.manifest import Utterance, write_manifest
+from metaspeech.datamodules.manifest import Utterance, write_manifest
 from metaspeech.training.progress import progress
 
 GENERATOR_VERSION = 1

@@ -51,7 +51,7 @@ from metaspeech.datamodules.embedded.kokoro import SAMPLE_RATE, KokoroSynthesize
 from metaspeech.datamodules.embedded.kokoro_assets import MODEL_SHA256, fetch_voices
 from metaspeech.datamodules.embedded.kokoro_speakers import KokoroSpeakerSpec, make_kokoro_speakers
 from metaspeech.datamodules.embedded.sentences import make_sentence
-from metaspeech.manifest import Utterance, write_manifest
+from metaspeech.datamodules.manifest import Utterance, write_manifest
 from metaspeech.training.progress import progress
 
 GENERATOR_VERSION = 1

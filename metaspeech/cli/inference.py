@@ -63,7 +63,7 @@ def find_recordings(source: str | Path, require_text: bool) -> list[Recording]:
     """Audio files of a folder (``x.wav`` + optional ``x.txt``) or of a JSONL manifest."""
     source = Path(source)
     if source.is_file() and source.suffix == ".jsonl":
-        from metaspeech.manifest import read_manifest
+        from metaspeech.datamodules.manifest import read_manifest
 
         return [Recording(Path(r.audio_filepath), r.text) for r in read_manifest(source)]
     if source.is_file():

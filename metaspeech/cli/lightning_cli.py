@@ -98,7 +98,7 @@ class MetaSpeechCLI(LightningCLI):
     The vocabulary size and the feature dimension come from the data module, so a
     config never states them twice: they are the recognizer's constructor arguments, linked
     here; the tokenizer and feature settings reach the model at setup instead
-    (:mod:`metaspeech.data_contract`, docs/architecture.md "What the model takes from the data"). Checkpoints are written atomically
+    (:mod:`metaspeech.datamodules.contract`, docs/architecture.md "What the model takes from the data"). Checkpoints are written atomically
     (:class:`~metaspeech.training.checkpoint_io.AtomicCheckpointIO`): a job killed while saving
     keeps its previous ``last.ckpt``. ``validate`` / ``test`` / ``predict`` with
     ``--ckpt_path`` rebuild the recognizer, algorithm, scope, features and tokenizer

@@ -39,7 +39,7 @@ from lightning.pytorch.callbacks import Callback
 
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch, TaskBatch
-from metaspeech.data_contract import HeldOutSpeakers
+from metaspeech.datamodules.contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.training.loss_scaling import grad_scaler, loss_scale

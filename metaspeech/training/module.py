@@ -25,7 +25,7 @@ from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.training.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.evaluation.collapse_guard import CollapseGuard
 from metaspeech.engine.config import check_at_least, check_positive
-from metaspeech.data_contract import SpeechFrontEnd
+from metaspeech.datamodules.contract import SpeechFrontEnd
 from metaspeech.errors import ConfigError, TrainingStalledError
 from metaspeech.evaluation.scoring import word_errors
 from metaspeech.speech.features import FeatureConfig

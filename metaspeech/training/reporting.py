@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from metaspeech.speech.audio import AudioError, load_audio
-from metaspeech.data_contract import HeldOutSpeakers
+from metaspeech.datamodules.contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
 from metaspeech.training.loggers import log_adaptation_report
@@ -64,7 +64,7 @@ class AdaptationReportWriter(Callback):
     and log tables and audio (rank 0).
 
     Files go to ``model.results_dir``, else to the logger's folder, else to ``results/``. A data
-    module with :class:`~metaspeech.data_contract.HeldOutSpeakers` gives the speaker groups, the
+    module with :class:`~metaspeech.datamodules.contract.HeldOutSpeakers` gives the speaker groups, the
     pool size checked at setup and the audio examples.
     """
 

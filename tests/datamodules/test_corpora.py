@@ -18,7 +18,7 @@ from metaspeech.datamodules.corpora import (
     load_timit,
     load_vctk,
 )
-from metaspeech.manifest import Utterance, read_manifest, write_manifest
+from metaspeech.datamodules.manifest import Utterance, read_manifest, write_manifest
 
 
 def by_id(rows: list[Utterance]) -> dict[str, Utterance]:

@@ -27,7 +27,7 @@ from metaspeech.datamodules.embedded.channel import (
 from metaspeech.datamodules.embedded.espeak import NATIVE_SAMPLE_RATE, synthesize
 from metaspeech.datamodules.embedded.sentences import WORDS, is_valid_text, make_sentences
 from metaspeech.datamodules.embedded.speakers import ACCENTS, HELD_OUT_ACCENTS, VARIANTS
-from metaspeech.manifest import read_manifest
+from metaspeech.datamodules.manifest import read_manifest
 
 MICRO = CorpusPreset("micro", num_train=3, num_val=2, num_test=2, utterances_per_speaker=3, min_words=3, max_words=4)
 SPEAKER_LABELS = ("accent", "voice", "variant", "pitch", "rate", "tilt_db", "rt60", "snr_db", "noise", "split")

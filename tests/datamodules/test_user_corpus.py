@@ -7,7 +7,7 @@ from pathlib import Path
 
 from metaspeech.cli.main import main
 from metaspeech.datamodules import EpisodicDataModule
-from metaspeech.manifest import Utterance, read_manifest
+from metaspeech.datamodules.manifest import Utterance, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 LOADED: list[int] = []

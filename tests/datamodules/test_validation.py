@@ -22,7 +22,7 @@ from metaspeech.datamodules.validation import (
     check_task_sizes,
     validate_utterances,
 )
-from metaspeech.manifest import Utterance
+from metaspeech.datamodules.manifest import Utterance
 
 ALPHABET = set("abcdefghijklmnopqrstuvwxyz'")
 

@@ -84,7 +84,7 @@ def test_checkpoint_loads_with_weights_only(trained_checkpoint) -> None:
 
 def _held_out_speaker(corpus_root: Path, tmp_path: Path) -> Path:
     """Copy one meta-test speaker's recordings into a folder of x.wav + x.txt files."""
-    from metaspeech.manifest import read_manifest
+    from metaspeech.datamodules.manifest import read_manifest
 
     rows = [r for r in read_manifest(next(corpus_root.glob("tiny-seed0/manifest.jsonl"))) if r.labels["split"] == "test"]
     speaker = rows[0].speaker

@@ -185,7 +185,7 @@ def test_adapt_errors_exit_2(tmp_path) -> None:
 
 def _held_out_speaker(corpus_root: Path, folder: Path) -> Path:
     """Three recordings + transcripts (x.wav + x.txt) of one meta-test speaker of the tiny corpus, in ``folder``."""
-    from metaspeech.manifest import read_manifest
+    from metaspeech.datamodules.manifest import read_manifest
 
     rows = [r for r in read_manifest(next(corpus_root.glob("tiny-seed0/manifest.jsonl"))) if r.labels["split"] == "test"]
     folder.mkdir(parents=True)

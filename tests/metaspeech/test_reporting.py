@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 
-from metaspeech.data_contract import HeldOutSpeakers, SpeechFrontEnd
+from metaspeech.datamodules.contract import HeldOutSpeakers, SpeechFrontEnd
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import score_utterance
 from metaspeech.training.reporting import AdaptationReportWriter, TaskScores, gather_objects
