@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: install demo demo-kokoro test test-slow bench lock clean gpu-wheels gpu-check
+.PHONY: install demo demo-kokoro test lint-imports test-slow bench lock clean gpu-wheels gpu-check
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,19 @@ demo: $(STAMP)
 demo-kokoro: $(STAMP)
 	$(VENV)/bin/metaspeech demo --preset kokoro-small --base_steps 500 --steps 60 --output results/demo-kokoro --model.test_shots=[1,5,10]
 
-test: $(STAMP)
+test: $(STAMP) lint-imports
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The layer contracts of pyproject.toml ([tool.importlinter]). algorithms/ and datamodules/ install as
+# metaspeech.algorithms and metaspeech.datamodules, so the check reads a copy of the tree in that installed shape.
+IMPORT_GRAPH := build/import-graph
+lint-imports: $(STAMP)
+	rm -rf $(IMPORT_GRAPH) && mkdir -p $(IMPORT_GRAPH)
+	cp -r metaspeech $(IMPORT_GRAPH)/metaspeech
+	cp -r algorithms $(IMPORT_GRAPH)/metaspeech/algorithms
+	cp -r datamodules $(IMPORT_GRAPH)/metaspeech/datamodules
+	cd $(IMPORT_GRAPH) && PYTHONPATH=. $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

@@ -1,12 +1,12 @@
 """Algorithm plugins. Select one from YAML by class path, e.g. ``metaspeech.algorithms.MAML``."""
 
-from metaspeech.engine.algorithm import Adaptation, MetaAlgorithm, OuterResult
 from metaspeech.algorithms.hyperinit import HyperInit
-from metaspeech.engine.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 from metaspeech.algorithms.joint import JointTraining
 from metaspeech.algorithms.maml import FOMAML, MAML
 from metaspeech.algorithms.metasgd import MetaSGD
 from metaspeech.algorithms.reptile import Reptile
+from metaspeech.engine.algorithm import Adaptation, MetaAlgorithm, OuterResult
+from metaspeech.engine.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 
 SHIPPED: dict[str, str] = {
     "maml": "maml.yaml",

@@ -27,9 +27,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from metaspeech.cli.experiment import QUICK_RUN, _cli
 from metaspeech.datamodules.episodic import EvaluationTaskDataset
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, score_utterance
-from metaspeech.cli.experiment import QUICK_RUN, _cli
 
 SPEC_AUGMENT = [
     "--model.augmentation=metaspeech.speech.augmentation.EpisodeAugmentation",

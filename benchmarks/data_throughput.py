@@ -32,8 +32,8 @@ def main() -> None:
     from metaspeech.algorithms import FOMAML
     from metaspeech.datamodules import EmbeddedCorpus
     from metaspeech.datamodules.embedded import generate_corpus
-    from metaspeech.engine.learner import Learner
     from metaspeech.datamodules.manifest import read_manifest
+    from metaspeech.engine.learner import Learner
     from metaspeech.models import BiLSTMCTC
 
     torch.set_num_threads(2)

@@ -33,6 +33,8 @@ import torch
 
 from metaspeech.cli.experiment import QUICK_RUN, _cli
 from metaspeech.cli.inference import load_module
+from metaspeech.evaluation.label_free_report import share_of_gain
+from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
 from metaspeech.training.label_free import (
     LabelFreeRow,
     choose_on_meta_val,
@@ -41,8 +43,6 @@ from metaspeech.training.label_free import (
     report_rows,
     test_time_learning_rate,
 )
-from metaspeech.evaluation.label_free_report import share_of_gain
-from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ from typing import Mapping, Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
 from metaspeech.datamodules.dataset import UtteranceDataset, UtteranceItem
 from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler
+from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
 
 
 def collate_tasks(items: Sequence[Sequence[UtteranceItem]]) -> TaskBatch:

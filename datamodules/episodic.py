@@ -21,21 +21,21 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from metaspeech.speech.audio import load_audio
-from metaspeech.engine.batch import EvaluationBatch
-from metaspeech.training.checkpoint_io import read_metaspeech_section
-from metaspeech.engine.config import check_at_least
 from metaspeech.datamodules.collate import MetaBatchCollator, collate_evaluation_task
 from metaspeech.datamodules.dataset import UtteranceDataset
+from metaspeech.datamodules.manifest import Utterance
 from metaspeech.datamodules.sampler import EvaluationTask, SpeakerEpisodeSampler, make_evaluation_tasks
 from metaspeech.datamodules.seen_speakers import SEEN_GROUP, SeenSpeakerTask, hold_out_seen_sentences
 from metaspeech.datamodules.validation import check_task_sizes, validate_utterances
-from metaspeech.errors import ConfigError, DataError
-from metaspeech.speech.features import FeatureCache, FeatureConfig
-from metaspeech.datamodules.manifest import Utterance
+from metaspeech.engine.batch import EvaluationBatch
+from metaspeech.engine.config import check_at_least
 from metaspeech.engine.randomness import unit_interval
+from metaspeech.errors import ConfigError, DataError
+from metaspeech.speech.audio import load_audio
+from metaspeech.speech.features import FeatureCache, FeatureConfig
 from metaspeech.speech.text import normalize_text
 from metaspeech.speech.tokenizer import CharTokenizer, Tokenizer
+from metaspeech.training.checkpoint_io import read_metaspeech_section
 
 SPLITS = ("train", "val", "test")
 

@@ -20,8 +20,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from metaspeech.errors import ConfigError
 from metaspeech.engine.randomness import seeded_generator
+from metaspeech.errors import ConfigError
 
 _MAX_NAMED = 20  # tasks named in one warning before "and N more"
 

@@ -18,9 +18,9 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
-from metaspeech.evaluation.scoring import SEEN_SPEAKERS as SEEN_GROUP
 from metaspeech.datamodules.manifest import Utterance
 from metaspeech.engine.randomness import seed_from_keys
+from metaspeech.evaluation.scoring import SEEN_SPEAKERS as SEEN_GROUP
 from metaspeech.speech.text import normalize_text
 
 SUFFIX = "@seen"

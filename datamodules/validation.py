@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from metaspeech.speech.audio import AudioError, AudioHeader, audio_header
-from metaspeech.errors import DataError
 from metaspeech.datamodules.manifest import Utterance
+from metaspeech.errors import DataError
+from metaspeech.speech.audio import AudioError, AudioHeader, audio_header
 
 ON_ERROR = ("skip", "raise")
 PROBE_THREADS = 8

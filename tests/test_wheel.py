@@ -30,7 +30,8 @@ def test_demo_runs_from_the_installed_wheel_outside_the_checkout(tmp_path: Path)
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "METASPEECH_DEBUG")} | {"WANDB_MODE": "disabled"}
-    where = subprocess.check_output([str(python), "-c", "import metaspeech.training.module as m; print(m.__file__)"], text=True, cwd=work, env=env)
+    probe = "import metaspeech.training.module as m; print(m.__file__)"
+    where = subprocess.check_output([str(python), "-c", probe], text=True, cwd=work, env=env)
     assert Path(where.strip()).is_relative_to(site), where  # the wheel's copy, not the checkout
 
     demo = subprocess.run([str(tmp_path / "venv" / "bin" / "metaspeech"), "demo", "--preset", "tiny", "--base_steps", "5",

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from metaspeech.speech.audio import AudioError, SphereAudioError, audio_info
-from metaspeech.errors import MetaSpeechError
 from metaspeech.datamodules.manifest import Utterance
+from metaspeech.errors import MetaSpeechError
+from metaspeech.speech.audio import AudioError, SphereAudioError, audio_info
 
 PROBE_THREADS = 8
 """Header reads are I/O bound (network file systems): a few threads hide the latency."""

@@ -41,8 +41,8 @@ from metaspeech.datamodules.embedded.espeak import synthesize
 from metaspeech.datamodules.embedded.kokoro_speakers import HELD_OUT_VOICES
 from metaspeech.datamodules.embedded.sentences import make_sentence
 from metaspeech.datamodules.embedded.speakers import HELD_OUT_ACCENTS, SpeakerSpec, make_speakers
-from metaspeech.errors import ConfigError
 from metaspeech.datamodules.manifest import Utterance, write_manifest
+from metaspeech.errors import ConfigError
 from metaspeech.training.progress import progress
 
 GENERATOR_VERSION = 1

@@ -16,10 +16,10 @@ from typing import Any, Iterable
 
 from lightning.pytorch.callbacks import Callback
 
-from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport
-from metaspeech.evaluation.label_free_report import label_free_markdown, summarize_label_free
 from metaspeech.cli.lightning_cli import build_cli
 from metaspeech.cli.parallel_runs import Run, run_side_by_side
+from metaspeech.evaluation.label_free_report import label_free_markdown, summarize_label_free
+from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport
 from metaspeech.training.reporting import last_test_report
 
 QUICK_RUN = [

@@ -14,20 +14,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaspeech.speech.audio import load_audio
 from metaspeech.engine.batch import TaskBatch
+from metaspeech.errors import DataError
+from metaspeech.speech.audio import load_audio
+from metaspeech.speech.features import FeatureConfig, FeatureExtractor
+from metaspeech.speech.objectives import SUPERVISED
+from metaspeech.speech.text import normalize_text
+from metaspeech.speech.tokenizer import CharTokenizer, UnknownCharacterError
 from metaspeech.training.checkpoint_io import (
     CheckpointError,
     load_checkpoint_file,
     read_metaspeech_section,
     save_atomically,  # noqa: F401 -- re-exported: adaptation files are saved with it
 )
-from metaspeech.errors import DataError
-from metaspeech.speech.features import FeatureConfig, FeatureExtractor
 from metaspeech.training.module import MetaSpeechModule
-from metaspeech.speech.objectives import SUPERVISED
-from metaspeech.speech.text import normalize_text
-from metaspeech.speech.tokenizer import CharTokenizer, UnknownCharacterError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 

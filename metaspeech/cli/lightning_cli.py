@@ -23,11 +23,11 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from metaspeech.training.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
-from metaspeech.engine.config import import_class
 from metaspeech.cli.config_errors import readable_config_error
 from metaspeech.datamodules.episodic import EpisodicDataModule
+from metaspeech.engine.config import import_class
 from metaspeech.errors import ConfigError, MetaSpeechError
+from metaspeech.training.checkpoint_io import MetaSpeechSection, read_metaspeech_section, use_atomic_checkpoint_io
 from metaspeech.training.module import MetaSpeechModule
 from metaspeech.training.progress import MetaTrainingProgressBar
 

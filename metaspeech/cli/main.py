@@ -19,8 +19,8 @@ import os
 import sys
 import traceback
 
-from metaspeech.errors import MetaSpeechError
 from metaspeech.cli.lightning_cli import LIGHTNING_SUBCOMMANDS, MetaSpeechCLI, RunInterrupted, build_cli
+from metaspeech.errors import MetaSpeechError
 
 __all__ = ["DEBUG_ENV", "MetaSpeechCLI", "build_cli", "main", "usage"]
 

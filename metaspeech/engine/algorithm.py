@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from metaspeech.engine.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.engine.config import RecordsInitArgs, check_at_least, check_positive
-from metaspeech.errors import ConfigError
+from metaspeech.engine.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
+from metaspeech.errors import ConfigError
 
 __all__ = ["Adaptation", "InnerGradientOverflowError", "InnerLoop", "MetaAlgorithm", "NonFiniteLossError", "OuterResult"]
 

@@ -16,12 +16,14 @@ only ever sees task t's gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
 
 from metaspeech.engine.learner import FastWeights
+
+T = TypeVar("T")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -143,3 +145,17 @@ class AdamState:
         second = self.second.get(name, torch.zeros_like(grad)) * b2 + (1 - b2) * grad * grad
         self.first[name], self.second[name] = first, second
         return (first / (1 - b1**count)) / ((second / (1 - b2**count)).sqrt() + self.eps)
+
+
+def retry_at_smaller_scales(run: Callable[[float], T], scale: float) -> T:
+    """``run(scale)``, halving ``scale`` (down to 1) after every :class:`InnerGradientOverflowError`.
+
+    At scale 1 nothing is scaled, so an overflow there is a real one and propagates.
+    """
+    while True:
+        try:
+            return run(scale)
+        except InnerGradientOverflowError:
+            if scale <= 1.0:
+                raise
+            scale = max(1.0, scale / 2)

@@ -19,8 +19,8 @@ from typing import Callable
 
 from torch import nn
 
-from metaspeech.errors import ConfigError
 from metaspeech.engine.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm
+from metaspeech.errors import ConfigError
 
 
 def _named(model: nn.Module, keep: Callable[[str, nn.Module], bool]) -> list[str]:

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from metaspeech.engine.batch import MetaBatch, TaskBatch
-from metaspeech.engine.learner import Learner
 from metaspeech.engine.layers import TaskLinear
+from metaspeech.engine.learner import Learner
 from metaspeech.engine.staged import StagedModel
 
 

@@ -14,17 +14,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from metaspeech.evaluation.guard import check_guard, guarded_adapt
 from metaspeech.engine.algorithm import MetaAlgorithm
-from metaspeech.engine.inner_loop import InnerLoop
 from metaspeech.engine.batch import TaskBatch
-from metaspeech.evaluation.collapse_guard import CollapseGuard
+from metaspeech.engine.inner_loop import InnerLoop, retry_at_smaller_scales
 from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
-from metaspeech.training.loss_scaling import retry_at_smaller_scales
-from metaspeech.models.recognizer import Recognizer
-from metaspeech.speech.objectives import SUPERVISED
+from metaspeech.evaluation.collapse_guard import CollapseGuard
+from metaspeech.evaluation.guard import check_guard, guarded_adapt
 from metaspeech.evaluation.oracle import OracleFit, SpeakerOracle
 from metaspeech.evaluation.test_time import TestTimeAdaptation
+from metaspeech.models.recognizer import Recognizer
+from metaspeech.speech.objectives import SUPERVISED
 from metaspeech.speech.tokenizer import Tokenizer
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from metaspeech.engine.batch import TaskBatch
-from metaspeech.errors import ConfigError
 from metaspeech.engine.learner import FastWeights
+from metaspeech.errors import ConfigError
 
 ADAPTATION_GUARDS = ("none", "cross_validation")
 GUARD_FOLDS = 5

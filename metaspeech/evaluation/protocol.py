@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from metaspeech.evaluation.guard import Adapt, Loss
 from metaspeech.engine.batch import EvaluationBatch, TaskBatch
-from metaspeech.errors import ConfigError
-from metaspeech.evaluation.scoring import UtteranceRecord, score_utterance, word_errors
 from metaspeech.engine.learner import FastWeights
+from metaspeech.errors import ConfigError
+from metaspeech.evaluation.guard import Adapt, Loss
 from metaspeech.evaluation.oracle import OracleFit
+from metaspeech.evaluation.scoring import UtteranceRecord, score_utterance, word_errors
 
 AdaptAlong = Callable[[TaskBatch, Sequence[int]], dict[int, FastWeights]]
 """``adapt_along(support, steps)`` -> fast weights ``[T, ...]`` after each step count in ``steps``

@@ -24,14 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch
-from metaspeech.errors import ConfigError
 from metaspeech.engine.learner import Learner
-from metaspeech.models.recognizer import Recognizer
+from metaspeech.errors import ConfigError
+from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.evaluation.protocol import evaluation_word_errors
 from metaspeech.evaluation.test_time import TestTimeAdaptation, scope_is_bound
+from metaspeech.models.recognizer import Recognizer
 from metaspeech.speech.tokenizer import Tokenizer
 
 DEFAULT_CANDIDATES = (TestTimeAdaptation(optimizer="sgd", lr=0.1), TestTimeAdaptation(optimizer="sgd", lr=0.3),

@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.inner_loop import INNER_OPTIMIZERS, InnerLoop
-from metaspeech.errors import ConfigError
 from metaspeech.engine.learner import Learner
+from metaspeech.errors import ConfigError
 
 
 @dataclass(frozen=True)

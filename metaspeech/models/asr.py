@@ -22,11 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metaspeech.engine.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
+from metaspeech.engine.staged import Stage
+from metaspeech.models.recognizer import Recognizer
 from metaspeech.speech.ctc import greedy_decode
 from metaspeech.speech.losses import CTCLoss
-from metaspeech.engine.layers import LHUC, LinearInputNetwork, ResidualAdapter, TaskLayerNorm, TaskLinear
-from metaspeech.models.recognizer import Recognizer
-from metaspeech.engine.staged import Stage
 from metaspeech.speech.objectives import ctc_objective
 from metaspeech.speech.precision import full_precision, lstm_needs_float32
 

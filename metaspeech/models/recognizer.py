@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from metaspeech.errors import ConfigError
 from metaspeech.engine.staged import StagedModel
+from metaspeech.errors import ConfigError
 
 if TYPE_CHECKING:
     from metaspeech.engine.learner import TaskObjective

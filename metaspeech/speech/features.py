@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
+from metaspeech.atomic_files import save_atomically
+
 FEATURE_VERSION = 2
 """Bumped when the extraction code changes the numbers, so old caches are not reused."""
 _LOG_FLOOR = 1e-6
@@ -322,8 +324,6 @@ class FeatureCache:
             return None
 
     def _write(self, cache_file: Path, stored: dict[str, tuple[Tensor, Tensor]]) -> None:
-        from metaspeech.training.checkpoint_io import save_atomically  # lazy: it imports Lightning
-
         payload = {"config": asdict(self.config), "paths": list(stored),
                    "features": [f for f, _ in stored.values()], "statistics": [s for _, s in stored.values()]}
         save_atomically(payload, cache_file)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metaspeech.speech.ctc import greedy_decode
 from metaspeech.errors import ConfigError
+from metaspeech.speech.ctc import greedy_decode
 from metaspeech.speech.losses import CTCLoss
 
 SUPERVISED = "supervised"

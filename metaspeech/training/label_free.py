@@ -37,13 +37,13 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 
+from metaspeech.datamodules.contract import HeldOutSpeakers
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch, TaskBatch
-from metaspeech.datamodules.contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
-from metaspeech.training.loss_scaling import grad_scaler, loss_scale
 from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
+from metaspeech.training.loss_scaling import grad_scaler, loss_scale
 
 TRANSDUCTIVE = "transductive"
 TRANSDUCTIVE_SHOTS = 0

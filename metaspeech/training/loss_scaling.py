@@ -5,19 +5,15 @@ at which the outer gradients neither underflow nor overflow; the inner loop uses
 one (passed explicitly, :class:`~metaspeech.engine.inner_loop.InnerLoop`). A training
 step whose inner gradients overflow is skipped and backs the scale off as GradScaler does
 on an overflowing outer step (:func:`back_off`); test-time adaptation cannot skip, so it
-halves the scale until the inner gradients are finite (:func:`retry_at_smaller_scales`).
+halves the scale until the inner gradients are finite (:func:`metaspeech.engine.inner_loop.retry_at_smaller_scales`).
 In float32, float64 and bf16 there is no scaler and the scale is 1.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import torch
-
-from metaspeech.engine.inner_loop import InnerGradientOverflowError
-
-T = TypeVar("T")
 
 
 def grad_scaler(trainer: Any | None) -> torch.amp.GradScaler | None:
@@ -38,15 +34,3 @@ def back_off(scaler: torch.amp.GradScaler) -> None:
     scaler.load_state_dict({**state, "scale": state["scale"] * state["backoff_factor"], "_growth_tracker": 0})
 
 
-def retry_at_smaller_scales(run: Callable[[float], T], scale: float) -> T:
-    """``run(scale)``, halving ``scale`` (down to 1) after every :class:`InnerGradientOverflowError`.
-
-    At scale 1 nothing is scaled, so an overflow there is a real one and propagates.
-    """
-    while True:
-        try:
-            return run(scale)
-        except InnerGradientOverflowError:
-            if scale <= 1.0:
-                raise
-            scale = max(1.0, scale / 2)

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from metaspeech.engine.algorithm import MetaAlgorithm, NonFiniteLossError, OuterResult
 from metaspeech.engine.batch import MetaBatch
-from metaspeech.errors import ConfigError
 from metaspeech.engine.learner import Learner
+from metaspeech.errors import ConfigError
 
 
 def check_chunk_size(tasks_per_chunk: int | None) -> int | None:

@@ -18,32 +18,32 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from metaspeech.evaluation.adapter import FewShotAdapter
-from metaspeech.engine.algorithm import MetaAlgorithm, OuterResult
-from metaspeech.speech.augmentation import EpisodeAugmentation
-from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
-from metaspeech.training.checkpoint_io import initialize_from, restore_module_section, save_module_section
-from metaspeech.evaluation.collapse_guard import CollapseGuard
-from metaspeech.engine.config import check_at_least, check_positive
 from metaspeech.datamodules.contract import SpeechFrontEnd
-from metaspeech.errors import ConfigError, TrainingStalledError
-from metaspeech.evaluation.scoring import word_errors
-from metaspeech.speech.features import FeatureConfig
+from metaspeech.engine.algorithm import MetaAlgorithm, OuterResult
+from metaspeech.engine.batch import EvaluationBatch, MetaBatch, TaskBatch
+from metaspeech.engine.config import check_at_least, check_positive
 from metaspeech.engine.learner import FastWeights, Learner
+from metaspeech.engine.randomness import seeded_rng
+from metaspeech.errors import ConfigError, TrainingStalledError
+from metaspeech.evaluation.adapter import FewShotAdapter
+from metaspeech.evaluation.collapse_guard import CollapseGuard
+from metaspeech.evaluation.oracle import OracleFit, SpeakerOracle
+from metaspeech.evaluation.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
+from metaspeech.evaluation.scoring import word_errors
+from metaspeech.evaluation.selection import TestTimeSelection
+from metaspeech.evaluation.test_time import TestTimeAdaptation
+from metaspeech.models.recognizer import Recognizer, check_recognizer
+from metaspeech.speech.augmentation import EpisodeAugmentation
+from metaspeech.speech.features import FeatureConfig
+from metaspeech.speech.objectives import check_objective
+from metaspeech.speech.tokenizer import Tokenizer
+from metaspeech.training.checkpoint_io import initialize_from, restore_module_section, save_module_section
 from metaspeech.training.loggers import RunConfigLogger
 from metaspeech.training.loss_scaling import back_off, grad_scaler, loss_scale
 from metaspeech.training.meta_gradient import check_chunk_size, gradient_norm, gradient_sync, non_finite_gradient, outer_result, task_chunks
-from metaspeech.models.recognizer import Recognizer, check_recognizer
-from metaspeech.speech.objectives import check_objective
-from metaspeech.evaluation.oracle import OracleFit, SpeakerOracle
 from metaspeech.training.predictions import HypothesisWriter
-from metaspeech.evaluation.protocol import AdaptationEvaluator, evaluate_accent_oracle, evaluate_oracle, validation_scores
-from metaspeech.engine.randomness import seeded_rng
 from metaspeech.training.reporting import AdaptationReportWriter, TaskScores, gather_objects
 from metaspeech.training.schedule import check_decay, lr_factor
-from metaspeech.evaluation.selection import TestTimeSelection
-from metaspeech.evaluation.test_time import TestTimeAdaptation
-from metaspeech.speech.tokenizer import Tokenizer
 
 
 class MetaSpeechModule(L.LightningModule):

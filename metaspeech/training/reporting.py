@@ -22,10 +22,10 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from metaspeech.speech.audio import AudioError, load_audio
 from metaspeech.datamodules.contract import HeldOutSpeakers
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
+from metaspeech.speech.audio import AudioError, load_audio
 from metaspeech.training.loggers import log_adaptation_report
 
 T = TypeVar("T")

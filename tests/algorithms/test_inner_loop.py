@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML, Adaptation, InnerGradientOverflowError, InnerLoop, MetaAlgorithm, NonFiniteLossError
+from metaspeech.engine.inner_loop import retry_at_smaller_scales
 from metaspeech.engine.learner import Learner, PreparedTasks
-from metaspeech.training.loss_scaling import retry_at_smaller_scales
 from metaspeech.engine.toy import SineMLP, mse_loss, sine_meta_batch, sine_tasks
 
 TINY = 1e-7  # puts the per-example output gradients (~1e-8) below float16's range

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.datamodules.collate import (
     MetaBatchCollator,
     collate_evaluation_task,
@@ -14,6 +13,7 @@ from metaspeech.datamodules.collate import (
 )
 from metaspeech.datamodules.dataset import UtteranceDataset, UtteranceItem
 from metaspeech.datamodules.sampler import SpeakerEpisodeSampler, make_evaluation_tasks
+from metaspeech.engine.batch import MetaBatch, TaskBatch
 
 F = 4
 SPEAKERS = 5

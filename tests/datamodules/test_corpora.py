@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from metaspeech.speech.audio import AudioError
 from metaspeech.datamodules.corpora import (
     CorpusLayoutError,
     load_common_voice,
@@ -19,6 +18,7 @@ from metaspeech.datamodules.corpora import (
     load_vctk,
 )
 from metaspeech.datamodules.manifest import Utterance, read_manifest, write_manifest
+from metaspeech.speech.audio import AudioError
 
 
 def by_id(rows: list[Utterance]) -> dict[str, Utterance]:

@@ -44,8 +44,8 @@ from metaspeech.datamodules.embedded.kokoro_speakers import (
 )
 from metaspeech.datamodules.embedded.sentences import make_sentences
 from metaspeech.datamodules.embedded.speakers import ACCENTS, HELD_OUT_ACCENTS
-from metaspeech.errors import ConfigError
 from metaspeech.datamodules.manifest import read_manifest
+from metaspeech.errors import ConfigError
 
 METASPEECH = Path(sys.executable).with_name("metaspeech")
 MICRO = KokoroPreset("kokoro-micro", num_train=2, num_val=1, num_test=1, utterances_per_speaker=1, min_words=3, max_words=3)

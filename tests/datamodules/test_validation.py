@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from metaspeech.datamodules.manifest import Utterance
 from metaspeech.datamodules.validation import (
     EMPTY_AUDIO,
     EMPTY_TEXT,
@@ -22,7 +23,6 @@ from metaspeech.datamodules.validation import (
     check_task_sizes,
     validate_utterances,
 )
-from metaspeech.datamodules.manifest import Utterance
 
 ALPHABET = set("abcdefghijklmnopqrstuvwxyz'")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.evaluation.guard import GUARD_FOLDS, adaptation_helps, check_guard, guarded_adapt
 from metaspeech.engine.batch import TaskBatch
 from metaspeech.errors import ConfigError
+from metaspeech.evaluation.guard import GUARD_FOLDS, adaptation_helps, check_guard, guarded_adapt
 
 
 def _support(tasks: int, examples: int) -> TaskBatch:

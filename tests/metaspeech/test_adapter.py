@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.algorithms import FOMAML, HyperInit, InnerLoop, MetaSGD
 from metaspeech.engine.learner import Learner
-from metaspeech.models import BiLSTMCTC
+from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.evaluation.test_time import TestTimeAdaptation
+from metaspeech.models import BiLSTMCTC
 
 TINY = dict(vocab_size=29, input_dim=80, d_model=16, hidden_dim=12, num_layers=1, adapter_dim=4, dropout=0.0)
 

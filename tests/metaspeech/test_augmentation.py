@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.speech.augmentation import EpisodeAugmentation, FrequencyWarp, warp_frequency
 from metaspeech.engine.batch import MetaBatch, TaskBatch
+from metaspeech.speech.augmentation import EpisodeAugmentation, FrequencyWarp, warp_frequency
 from metaspeech.speech.features import SpecAugment
 
 

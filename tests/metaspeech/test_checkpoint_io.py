@@ -8,6 +8,10 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML
+from metaspeech.cli.inference import load_adaptation
+from metaspeech.errors import ConfigError
+from metaspeech.speech.features import FeatureConfig
+from metaspeech.speech.tokenizer import CharTokenizer
 from metaspeech.training.checkpoint_io import (
     SECTION,
     CheckpointError,
@@ -16,10 +20,6 @@ from metaspeech.training.checkpoint_io import (
     load_recognizer_weights,
     read_metaspeech_section,
 )
-from metaspeech.errors import ConfigError
-from metaspeech.speech.features import FeatureConfig
-from metaspeech.cli.inference import load_adaptation
-from metaspeech.speech.tokenizer import CharTokenizer
 
 
 def test_the_module_hooks_round_trip_the_section(tiny_module) -> None:

@@ -24,9 +24,9 @@ from torch import nn
 
 from metaspeech.algorithms import FOMAML, MAML, MetaAlgorithm, Reptile
 from metaspeech.evaluation.oracle import SpeakerOracle
-from metaspeech.training.reporting import last_test_report
 from metaspeech.evaluation.selection import TestTimeSelection
 from metaspeech.evaluation.test_time import TestTimeAdaptation
+from metaspeech.training.reporting import last_test_report
 
 TASKS_PER_RANK = 2
 STEPS = 3

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from metaspeech.cli.experiment import headline, markdown_report, summarize
 from metaspeech.cli.main import main
 from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
-from metaspeech.cli.experiment import headline, markdown_report, summarize
 from tests.conftest import REPO, TINY_MODEL_ARGS
 
 

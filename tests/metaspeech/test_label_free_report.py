@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
 from metaspeech.cli.experiment import write_comparison
 from metaspeech.evaluation.label_free_report import share_of_gain
+from metaspeech.evaluation.scoring import AdaptationReport, score_utterance
 
 
 def _label_free_row(row: str, shots: int, steps: int, wer: float, selected: bool) -> dict:

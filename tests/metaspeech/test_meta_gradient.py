@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML, NonFiniteLossError
+from metaspeech.engine.toy import sine_learner, sine_meta_batch
 from metaspeech.errors import ConfigError
 from metaspeech.training.meta_gradient import check_chunk_size, non_finite_gradient, outer_result, task_chunks
-from metaspeech.engine.toy import sine_learner, sine_meta_batch
 
 
 def _batch(tasks: int = 5):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.algorithms import FOMAML, MAML, HyperInit, MetaSGD
 from metaspeech.engine.batch import MetaBatch, TaskBatch
-from metaspeech.evaluation.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
-from metaspeech.errors import ConfigError
-from metaspeech.training.label_free import without_transcripts
 from metaspeech.engine.learner import Learner
+from metaspeech.errors import ConfigError
+from metaspeech.evaluation.adapter import FewShotAdapter
+from metaspeech.evaluation.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
 from metaspeech.models import BiLSTMCTC
 from metaspeech.speech.objectives import EntropyObjective, PseudoLabelObjective, class_confusion, frame_entropy, mean_confidence
+from metaspeech.training.label_free import without_transcripts
 
 TINY = dict(vocab_size=29, input_dim=80, d_model=16, hidden_dim=12, num_layers=1, adapter_dim=4, dropout=0.0)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from metaspeech.algorithms import FOMAML
-from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
 from metaspeech.evaluation.oracle import SpeakerOracle
+from metaspeech.evaluation.scoring import AdaptationReport, UtteranceRecord
 from metaspeech.training.reporting import last_test_report
 
 

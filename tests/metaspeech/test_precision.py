@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspeech.speech import precision
 from metaspeech.models import BiLSTMCTC
+from metaspeech.speech import precision
 
 
 def _lstm_output_dtype(model: BiLSTMCTC) -> torch.dtype:

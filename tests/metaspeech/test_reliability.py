@@ -32,8 +32,8 @@ import lightning as L
 import pytest
 import torch
 
-from metaspeech.training.checkpoint_io import AtomicCheckpointIO, save_atomically, use_atomic_checkpoint_io
 from metaspeech.cli.main import build_cli
+from metaspeech.training.checkpoint_io import AtomicCheckpointIO, save_atomically, use_atomic_checkpoint_io
 
 REPO = Path(__file__).resolve().parents[2]
 METASPEECH = Path(sys.executable).with_name("metaspeech")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from metaspeech.models import BiLSTMCTC
 from metaspeech.engine.scope import ScopeError, resolve_scope
+from metaspeech.models import BiLSTMCTC
 
 
 @pytest.fixture
