@@ -27,8 +27,13 @@ def main() -> None:
     from metaspeech.algorithms import SHIPPED
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algorithms", nargs="+", default=list(SHIPPED), choices=list(SHIPPED),
+    parser.add_argument("--algorithms", nargs="*", default=list(SHIPPED), choices=list(SHIPPED),
                         help="shipped algorithms (metaspeech.algorithms.SHIPPED)")
+    parser.add_argument("--configs", nargs="+", default=[],
+                        help="further algorithm YAMLs (e.g. configs/fomaml_entropy.yaml), each run like a shipped algorithm")
+    parser.add_argument("--fit_only", action="store_true",
+                        help="meta-train and leave each run's final.ckpt, without the test protocol (for checkpoints that "
+                             "another benchmark scores, e.g. benchmarks/label_free.py)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--base_steps", type=int, default=300, help="joint-training steps of the shared start")
     parser.add_argument("--steps", type=int, default=60, help="outer steps each algorithm gets from the shared start")
@@ -56,10 +61,13 @@ def main() -> None:
     overrides = [f"--trainer.max_steps={args.steps}", *QUICK_RUN, "--config", str(REPO / "configs/protocol/benchmark.yaml"), *extra]
     start = time.perf_counter()
     summary = run_comparison(
-        [str(REPO / "configs" / SHIPPED[name]) for name in args.algorithms], str(REPO / args.data), str(REPO / args.trainer),
-        Path(args.output), args.seeds, overrides, base_config=str(REPO / "configs/base.yaml"), base_steps=args.base_steps,
-        workers=args.workers,
+        [*(str(REPO / "configs" / SHIPPED[name]) for name in args.algorithms), *(str(REPO / c) for c in args.configs)],
+        str(REPO / args.data), str(REPO / args.trainer), Path(args.output), args.seeds, overrides,
+        base_config=str(REPO / "configs/base.yaml"), base_steps=args.base_steps, workers=args.workers, test=not args.fit_only,
     )
+    if summary is None:
+        print(f"meta-trained in {(time.perf_counter() - start) / 60:.1f} min; final.ckpt under {args.output}/<config>/seed<N>/")
+        return
     print(summary["table"])
     print(f"wrote {summary['json']}, {summary['plot']} in {(time.perf_counter() - start) / 60:.1f} min")
 

@@ -60,9 +60,10 @@ def train_base(config: str, data_config: str, trainer_config: str, root: Path, s
     return path
 
 
-def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport:
+def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport | None:
     """fit + test one configuration (with ``callbacks`` added to its Trainer); returns its evaluation report.
-    The trained model is saved at ``run.root / FINAL_CHECKPOINT`` in between."""
+    The trained model is saved at ``run.root / FINAL_CHECKPOINT`` in between. With ``run.test`` false, only fit:
+    no report."""
     cli = _cli(run.algorithm_config, run.data_config, run.trainer_config, run.root, run.seed, list(run.overrides))
     cli.trainer.callbacks.extend(callbacks)
     name = Path(run.algorithm_config).stem
@@ -72,6 +73,9 @@ def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport:
     cli.trainer.save_checkpoint(run.root / FINAL_CHECKPOINT)  # through the CLI's atomic checkpoint IO
     cli.model.protocol_settings["budget"] = {"outer_steps": cli.trainer.global_step,
                                              "train_seconds": round(time.perf_counter() - start, 1)}
+    if not run.test:
+        print(f"{name}: meta-trained in {time.perf_counter() - start:.0f} s, saved {run.root / FINAL_CHECKPOINT}", flush=True)
+        return None
     print(f"{name}: adaptation protocol on the held-out speakers", flush=True)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # the adaptation table is the result
     report = last_test_report(cli.trainer)
@@ -89,7 +93,8 @@ def run_comparison(
     base_config: str | None = None,
     base_steps: int = 0,
     workers: int = 1,
-) -> dict[str, Any]:
+    test: bool = True,
+) -> dict[str, Any] | None:
     """All algorithms x seeds; writes ``comparison.json``, ``comparison.md`` and ``wer_vs_steps.png``.
 
     With ``base_steps > 0`` every algorithm starts from the same model, first trained
@@ -97,7 +102,8 @@ def run_comparison(
     same number of outer steps of its own: the comparison isolates what each
     algorithm does with an equal budget from an equal start. The shared starts are
     trained first, with all threads; with ``workers > 1`` the (algorithm, seed) runs then go
-    side by side, one process each (:mod:`metaspeech.cli.parallel_runs`).
+    side by side, one process each (:mod:`metaspeech.cli.parallel_runs`). With ``test`` false the runs only
+    meta-train and leave their ``FINAL_CHECKPOINT``; nothing is summarized (returns None).
     """
     runs = []
     for seed in seeds:
@@ -106,14 +112,17 @@ def run_comparison(
             base = train_base(base_config or algorithm_configs[-1], data_config, trainer_config, output / "base" / f"seed{seed}",
                               seed, base_steps, overrides)
             extra.append(f"--model.init_from={base}")
-        runs += [Run(config, data_config, trainer_config, output / Path(config).stem / f"seed{seed}", seed, tuple(extra))
+        runs += [Run(config, data_config, trainer_config, output / Path(config).stem / f"seed{seed}", seed, tuple(extra), test)
                  for config in algorithm_configs]
     if workers > 1:
         reports = run_side_by_side(runs, workers)
     else:
         reports = [run_one(run) for run in runs]
+    if not test:
+        return None
     results: dict[str, dict[int, AdaptationReport]] = defaultdict(dict)
     for run, report in zip(runs, reports):
+        assert report is not None
         results[Path(run.algorithm_config).stem][run.seed] = report
     return write_comparison(results, seeds, output)
 

@@ -43,6 +43,8 @@ class Run:
     root: Path
     seed: int
     overrides: tuple[str, ...]
+    test: bool = True
+    """False: meta-train and save the final model only, without the test protocol (no report)."""
 
     @property
     def label(self) -> str:
@@ -75,7 +77,7 @@ def default_workers(runs: int) -> int:
     return max(1, min(runs, torch.get_num_threads()))
 
 
-def run_side_by_side(runs: list[Run], workers: int) -> list[AdaptationReport]:
+def run_side_by_side(runs: list[Run], workers: int) -> list[AdaptationReport | None]:
     """Every run of ``runs`` in its own process, ``workers`` at a time; their reports, in the order of ``runs``.
 
     Each worker uses ``torch.get_num_threads() // workers`` threads (at least one).
@@ -94,7 +96,7 @@ def run_side_by_side(runs: list[Run], workers: int) -> list[AdaptationReport]:
         _show(bars, tasks, events, timeout=0.0)
         reports = [_result(future, run) for future, run in zip(futures, runs)]
     for run, report in zip(runs, reports):
-        chosen = report.settings.get("test_time_selection")
+        chosen = report.settings.get("test_time_selection") if report else None
         choice = (f"test-time adaptation {chosen['chosen']} (best at s = {chosen['steps']}) chosen on meta-val speakers; "
                   if chosen else "")
         print(f"{run.label}: {choice}output in {run.root / 'log.txt'}", flush=True)
@@ -112,7 +114,7 @@ def _show(bars: Progress, tasks: dict[str, Any], events: Any, timeout: float) ->
         return
 
 
-def _result(future: Future, run: Run) -> AdaptationReport:
+def _result(future: Future, run: Run) -> AdaptationReport | None:
     """A worker's report; its failures as the errors the console script reports, naming the run and its log."""
     log = run.root / "log.txt"
     try:
@@ -136,7 +138,7 @@ def _start_worker(events: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_in_worker(run: Run) -> AdaptationReport:
+def _run_in_worker(run: Run) -> AdaptationReport | None:
     """One run in a worker: its output to ``<root>/log.txt``, progress to the parent, no progress bar of its own."""
     from metaspeech.cli.experiment import run_one
 

@@ -150,3 +150,24 @@ def test_demo_side_by_side_gives_the_numbers_of_the_runs_one_after_the_other(
     for name in ("fomaml", "joint"):
         log = (tmp_path / "side_by_side" / name / "seed0" / "log.txt").read_text()
         assert "chosen on meta-val speakers" in log and f"{name}: adaptation protocol" in log
+
+
+def test_fit_only_runs_leave_their_trained_model_and_run_no_test(corpus_root, feature_cache, tmp_path, monkeypatch) -> None:
+    """``benchmarks/adaptation.py --fit_only``: a checkpoint for another benchmark (e.g. label_free.py), no protocol."""
+    import torch
+
+    from metaspeech.cli.experiment import FINAL_CHECKPOINT, QUICK_RUN, run_comparison
+    from metaspeech.cli.inference import load_module
+
+    monkeypatch.chdir(REPO)
+    overrides = [
+        "--trainer.max_steps=2", *QUICK_RUN, f"--data.init_args.root={corpus_root}", f"--data.init_args.cache_dir={feature_cache}",
+        *[f"--model.recognizer.init_args.{k}={v}" for k, v in TINY_MODEL_ARGS.items()],
+    ]
+    summary = run_comparison(["configs/fomaml_entropy.yaml"], "configs/data/embedded_tiny.yaml", "configs/trainer/cpu.yaml",
+                             tmp_path, [0], overrides, test=False)
+    assert summary is None
+    path = tmp_path / "fomaml_entropy" / "seed0" / FINAL_CHECKPOINT
+    assert torch.load(path, weights_only=False)["global_step"] == 2
+    assert load_module(path).algorithm.inner_objective == "entropy"
+    assert not list(tmp_path.rglob("adaptation_*.json")) and not (tmp_path / "comparison.json").exists()
