@@ -76,22 +76,24 @@ def adapt(argv: list[str]) -> int:
     parser.add_argument("--data", required=True, help="folder of x.wav (+ x.txt), or a JSONL manifest of one speaker")
     parser.add_argument("--output", required=True, help="where to write the speaker adaptation (.pt)")
     parser.add_argument("--steps", type=int, default=10, help="inner adaptation steps")
-    parser.add_argument("--objective", default=SUPERVISED, choices=OBJECTIVES,
-                        help="what adaptation minimizes: supervised (needs x.txt) or label-free, audio only (docs/label_free.md)")
+    parser.add_argument("--objective", default=None, choices=OBJECTIVES,
+                        help="what adaptation minimizes: supervised (needs x.txt) or label-free, audio only (docs/label_free.md); "
+                             "default: the objective the model was meta-trained to adapt with (its inner_objective), else supervised")
     parser.add_argument("--lr", type=float, default=None, help="inner learning rate (default: the algorithm's eval_inner_lr)")
     args = parser.parse_args(argv)
     from metaspeech.cli.inference import adapt_speaker, find_recordings, load_module, save_atomically
 
     module = load_module(args.checkpoint)
+    objective = args.objective or module.algorithm.inner_objective
     if args.lr is not None:
         module.algorithm.eval_inner_lr = args.lr
-    recordings = find_recordings(args.data, require_text=args.objective == SUPERVISED)
-    adaptation = adapt_speaker(module, recordings, args.steps, args.objective)
+    recordings = find_recordings(args.data, require_text=objective == SUPERVISED)
+    adaptation = adapt_speaker(module, recordings, args.steps, objective)
     save_atomically(adaptation, args.output)
     refused = "" if adaptation["guard_kept"] else "; the collapse guard refused it, the unadapted weights are saved"
     print(
         f"adapted {', '.join(module.scope)} on {adaptation['utterances']} utterances ({adaptation['seconds']:.1f} s), "
-        f"objective {args.objective}: support loss {adaptation['support_loss_before']:.3f} -> "
+        f"objective {objective}: support loss {adaptation['support_loss_before']:.3f} -> "
         f"{adaptation['support_loss_after']:.3f}{refused}; saved {args.output}"
     )
     return 0

@@ -58,3 +58,16 @@ def test_supervised_adapt_on_audio_only_is_a_one_line_error_naming_the_option(ch
     result = run("adapt", "--checkpoint", str(checkpoint), "--data", str(audio_only), "--output", str(tmp_path / "a.pt"))
     assert_one_line_error(result, "no transcript", "--objective entropy")
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_a_model_meta_trained_label_free_adapts_label_free_by_default(corpus_root, feature_cache, audio_only: Path,
+                                                                      tmp_path: Path) -> None:
+    """``configs/fomaml_entropy.yaml`` learns a start for entropy adaptation: ``adapt`` without ``--objective`` uses it."""
+    fitted = run("fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml_entropy.yaml"), *TINY,
+                 *QUIET, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.limit_val_batches=0")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    adapted = run("adapt", "--checkpoint", str(sorted(tmp_path.rglob("*.ckpt"))[-1]), "--data", str(audio_only),
+                  "--output", str(tmp_path / "speaker.pt"), "--steps", "2")
+    assert adapted.returncode == 0, adapted.stderr[-3000:]
+    assert "objective entropy" in adapted.stdout
+    assert torch.load(tmp_path / "speaker.pt", weights_only=True)["objective"] == "entropy"
