@@ -16,12 +16,19 @@ Prints a table and writes JSON (with the date, the commit and the command)::
     python -m benchmarks.label_free --checkpoint results/demo/base/seed0/base.ckpt
     python -m benchmarks.label_free --checkpoint tiny.ckpt --data configs/data/embedded_tiny.yaml \\
         --data.init_args.root=data/embedded --shots 3
+
+``--summarize DIR ...`` averages the ``label_free.json`` of earlier runs (e.g. one per seed) into one table,
+mean +- std across them::
+
+    python -m benchmarks.label_free --summarize results/label_free/joint/seed0 results/label_free/joint/seed1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import subprocess
 import sys
 import time
@@ -105,6 +112,34 @@ def markdown(rows: list[dict[str, Any]], cost: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarize(folders: list[Path]) -> str:
+    """Mean +- std across the runs in ``folders`` (their ``label_free.json``) of every (row, group) they all report."""
+    runs = [json.loads((folder / "label_free.json").read_text()) for folder in folders]
+    keys = [(r["row"], r["group"]) for r in runs[0]["rows"] if r["selected"]]
+    lines = [f"{len(runs)} runs: {', '.join(str(f) for f in folders)}",
+             "| group | objective | k | WER % | unadapted % | relative reduction | share of the mean supervised gain | speakers worse |",
+             "|" + "---|" * 8]
+    for row, group in keys:
+        cells = [next(r for r in run["rows"] if r["selected"] and (r["row"], r["group"]) == (row, group)) for run in runs]
+        wer, unadapted = [100 * c["wer"] for c in cells], [100 * c["unadapted_wer"] for c in cells]
+        reduction = [100 * (1 - c["wer"] / c["unadapted_wer"]) for c in cells]
+        supervised = statistics.fmean(100 * c["supervised_wer"] for c in cells)
+        share = [100 * share_of_gain(statistics.fmean(unadapted), statistics.fmean(wer), supervised)]  # of the mean gains
+        worse = [100 * c["speakers_worse"] for c in cells]
+        lines.append(f"| {group} | {row} | {cells[0]['shots']} | {_spread(wer)} | {_spread(unadapted)} | {_spread(reduction)} % | "
+                     f"{_spread(share, 0)} % | {_spread(worse, 0)} % |")
+    return "\n".join(lines)
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    """``mean ± std`` of the finite ``values`` (a share of a gain is undefined where there was no gain): ``-`` if none."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def git_commit() -> str | None:
     done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return done.stdout.strip() or None
@@ -113,7 +148,9 @@ def git_commit() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a metaspeech checkpoint (e.g. the demo's joint-trained shared start)")
+    parser.add_argument("--checkpoint", help="a metaspeech checkpoint (e.g. the demo's joint-trained shared start)")
+    parser.add_argument("--summarize", nargs="+", type=Path, metavar="DIR",
+                        help="instead of a run: average the label_free.json of earlier runs (e.g. one per seed)")
     parser.add_argument("--data", default="configs/data/embedded_small.yaml")
     parser.add_argument("--shots", type=int, default=5, help="adaptation utterances per held-out speaker")
     parser.add_argument("--objectives", nargs="+", default=["entropy", "entropy_mcc", "pseudo_label"], choices=LABEL_FREE)
@@ -123,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cost_utterances", type=int, default=20, help="utterances timed one at a time for (b)")
     parser.add_argument("--output", default="results/label_free")
     args, overrides = parser.parse_known_args(argv)
+    if args.summarize:
+        missing = [str(f) for f in args.summarize if not (f / "label_free.json").is_file()]
+        if missing:
+            parser.error(f"no label_free.json in {', '.join(missing)}: run the benchmark with --output there first")
+        print(summarize(args.summarize))
+        return 0
+    if not args.checkpoint:
+        parser.error("--checkpoint is required (or --summarize DIR ...)")
 
     output = Path(args.output)
     cli = _cli("configs/joint.yaml", args.data, "configs/trainer/cpu.yaml", output, 0, [*QUICK_RUN, *overrides])

@@ -28,3 +28,22 @@ def test_rows_compare_label_free_with_supervised_and_the_cost_is_timed(tiny_data
     assert cost["utterances"] == 4 and cost["speech_seconds"] > 0 and cost["adapt_seconds_per_speech_second"] > 0
     text = label_free.markdown(table, cost)
     assert "| all | transductive entropy | 0 |" in text and "s of adaptation per second of speech" in text
+
+
+def test_summarize_averages_runs_and_takes_the_share_of_the_mean_gains(tmp_path) -> None:
+    import json
+
+    def row(name: str, wer: float, unadapted: float, supervised: float, worse: float) -> dict:
+        return {"row": name, "group": "all", "selected": True, "shots": 5, "wer": wer, "unadapted_wer": unadapted,
+                "supervised_wer": supervised, "speakers_worse": worse, "share_of_supervised_gain": float("nan")}
+
+    for seed, (unadapted, supervised, entropy) in enumerate([(0.40, 0.30, 0.35), (0.50, 0.42, 0.50)]):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        rows = [row("supervised", supervised, unadapted, supervised, 0.1), row("entropy", entropy, unadapted, supervised, 0.3)]
+        (folder / "label_free.json").write_text(json.dumps({"rows": rows}))
+    text = label_free.summarize([tmp_path / "seed0", tmp_path / "seed1"])
+    assert text.startswith("2 runs")
+    # WER 42.5 +- 10.6; unadapted 45; supervised mean 36: the entropy row reaches (45 - 42.5) / (45 - 36) = 28 %
+    assert "| all | entropy | 5 | 42.5 ± 10.6 | 45.0 ± 7.1 | 6.3 ± 8.8 % | 28 % | 30 ± 0 % |" in text
+    assert "| all | supervised | 5 | 36.0 ± 8.5 | 45.0 ± 7.1 | 20.5 ± 6.4 % | 100 % | 10 ± 0 % |" in text
