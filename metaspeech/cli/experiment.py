@@ -70,7 +70,7 @@ def run_one(run: Run, callbacks: Iterable[Callback] = ()) -> AdaptationReport | 
     print(f"{name}: meta-training, seed {run.seed}", flush=True)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    cli.trainer.save_checkpoint(run.root / FINAL_CHECKPOINT)  # through the CLI's atomic checkpoint IO
+    cli.trainer.save_checkpoint(run.root / FINAL_CHECKPOINT, weights_only=False)  # atomic (the CLI's checkpoint IO); resumable
     cli.model.protocol_settings["budget"] = {"outer_steps": cli.trainer.global_step,
                                              "train_seconds": round(time.perf_counter() - start, 1)}
     if not run.test:
