@@ -11,6 +11,7 @@ one. ``adapt`` and ``transcribe`` are the test-time API (:mod:`~metaspeech.evalu
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any, ContextManager, Iterable, Iterator
 
@@ -266,8 +267,11 @@ class MetaSpeechModule(L.LightningModule):
 
     def on_test_start(self) -> None:
         """Before the test, on meta-val speakers only: choose test-time adaptation (``test_time_selection``) and,
-        where the test data has oracle pools, the oracle's (scope, lr); gather the accent oracle's pools."""
+        where the test data has oracle pools, the oracle's (scope, lr); gather the accent oracle's pools.
+        The seconds each search took go into ``protocol_settings["seconds"]`` (what the protocol costs, and where)."""
         scale = loss_scale(grad_scaler(self._trainer))
+        seconds = self.protocol_settings["seconds"] = {}
+        start = time.perf_counter()
         if self.test_time_selection is not None:
             selection = self.test_time_selection.select(
                 self.model, self.learner, self.algorithm, self.tokenizer, self._meta_val_tasks(), self.hparams.val_shots,
@@ -276,11 +280,14 @@ class MetaSpeechModule(L.LightningModule):
             self.protocol_settings["test_time_selection"] = selection.describe()
             self.print(f"test-time adaptation {selection.test_time.describe()}, best at s = {selection.steps}: "
                        f"chosen on meta-val speakers ({selection.speakers})")
+            seconds["test_time_selection"] = round(time.perf_counter() - start, 1)
         self.protocol_settings["test_time"] = self.test_time.describe()
         data = self.trainer.datamodule
         if getattr(data, "oracle_pool_size", 0):
+            start = time.perf_counter()
             chosen = self.oracle.choose(self.model, self.model.loss, ((i.pool, i.evaluation) for i in self._meta_val_tasks()),
                                         self._oracle_errors, self._sum_over_ranks)
+            seconds["oracle_search"] = round(time.perf_counter() - start, 1)
             if chosen is not None:
                 self.print(f"speaker oracle: scope {chosen.name}, Adam lr {chosen.lr:g}, chosen on meta-val speakers")
             if self.oracle.accent and hasattr(data, "task_accents"):

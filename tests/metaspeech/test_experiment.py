@@ -101,6 +101,8 @@ def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_
     assert "Budget from the shared start" in printed and "**Headline, all held-out speakers, k = 3, s = 2**" in printed
     assert json.loads((tmp_path / "comparison.json").read_text())["headline"]["best"]["algorithm"] in {"fomaml", "joint"}
     assert printed.count("chosen on meta-val speakers") == 2  # configs/protocol/benchmark.yaml: each algorithm's inner lr
+    settings = json.loads(next((tmp_path / "joint" / "seed0").glob("adaptation_*.json")).read_text())["settings"]
+    assert settings["seconds"]["test_time_selection"] > 0  # what the meta-val search cost
     assert {(r["shots"], r["steps"]) for r in rows if r["group"] == "all"} == {(1, 0), (1, 2), (3, 0), (3, 2)}
     assert {r["group"] for r in rows} >= {"all", "unseen accent"}
     assert (tmp_path / "wer_vs_steps.png").stat().st_size > 1000
