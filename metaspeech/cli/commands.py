@@ -102,17 +102,31 @@ def adapt(argv: list[str]) -> int:
 @command("transcribe")
 def transcribe(argv: list[str]) -> int:
     """Transcribe audio files, optionally with a speaker adaptation from `metaspeech adapt`."""
+    from metaspeech.speech.objectives import LABEL_FREE
+
     parser = argparse.ArgumentParser(prog="metaspeech transcribe", description=transcribe.__doc__)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--adaptation", default=None, help="a .pt written by `metaspeech adapt`")
+    parser.add_argument("--transductive", action="store_true",
+                        help="adapt each recording on itself before decoding it, without transcripts (docs/label_free.md)")
+    parser.add_argument("--objective", default="entropy", choices=LABEL_FREE, help="the --transductive objective")
+    parser.add_argument("--steps", type=int, default=5, help="--transductive inner steps per recording")
+    parser.add_argument("--lr", type=float, default=0.5, help="--transductive inner learning rate")
     parser.add_argument("audio", nargs="+", help="audio files or folders")
     args = parser.parse_args(argv)
-    from metaspeech.cli.inference import find_recordings, load_adaptation, load_module, transcribe_files
+    if args.transductive and args.adaptation:
+        parser.error("--transductive adapts each recording from the unadapted model: drop --adaptation, or --transductive")
+    from metaspeech.cli.inference import find_recordings, load_adaptation, load_module, transcribe_files, transcribe_transductive
 
     module = load_module(args.checkpoint)
     adaptation = load_adaptation(args.adaptation, module) if args.adaptation else None
     recordings = [r for source in args.audio for r in find_recordings(source, require_text=False)]
-    for recording, text in zip(recordings, transcribe_files(module, recordings, adaptation)):
+    if args.transductive:
+        module.algorithm.eval_inner_lr = args.lr
+        texts = transcribe_transductive(module, recordings, args.steps, args.objective)
+    else:
+        texts = transcribe_files(module, recordings, adaptation)
+    for recording, text in zip(recordings, texts):
         print(f"{recording.path}\t{text}")
     return 0
 

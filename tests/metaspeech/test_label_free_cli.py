@@ -71,3 +71,23 @@ def test_a_model_meta_trained_label_free_adapts_label_free_by_default(corpus_roo
     assert adapted.returncode == 0, adapted.stderr[-3000:]
     assert "objective entropy" in adapted.stdout
     assert torch.load(tmp_path / "speaker.pt", weights_only=True)["objective"] == "entropy"
+
+
+def test_transductive_transcription_adapts_each_recording_on_itself(checkpoint: Path, audio_only: Path) -> None:
+    """``transcribe --transductive``: no transcript, no enrolment; every recording is decoded after adapting on itself,
+    as the protocol's transductive row does, so one recording alone gets the transcript it gets among the others."""
+    plain = run("transcribe", "--checkpoint", str(checkpoint), str(audio_only))
+    adapted = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", "--steps", "3", "--lr", "1.0", str(audio_only))
+    assert plain.returncode == 0 and adapted.returncode == 0, adapted.stderr[-3000:]
+    before, after = plain.stdout.splitlines(), adapted.stdout.splitlines()
+    assert len(after) == 5 and [line.split("\t")[0] for line in before] == [line.split("\t")[0] for line in after]
+    assert before != after
+    first = sorted(audio_only.iterdir())[0]
+    alone = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", "--steps", "3", "--lr", "1.0", str(first))
+    assert alone.returncode == 0 and alone.stdout.splitlines() == [line for line in after if line.startswith(str(first))]
+
+
+def test_transductive_transcription_refuses_a_speaker_adaptation(checkpoint: Path, audio_only: Path, tmp_path: Path) -> None:
+    result = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", "--adaptation", str(tmp_path / "a.pt"),
+                 str(audio_only))
+    assert_one_line_error(result, "--transductive", "--adaptation")
