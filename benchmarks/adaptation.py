@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/adaptation.py                      # the recorded setting (BENCHMARKS.md)
     .venv/bin/python benchmarks/adaptation.py --seeds 0 --algorithms fomaml joint --steps 20 --base_steps 50
+    # another YAML from the same shared start, meta-trained only (its final.ckpt for benchmarks/label_free.py)
+    .venv/bin/python benchmarks/adaptation.py --base_steps 900 --seeds 0 --algorithms --configs configs/fomaml_entropy.yaml --fit_only
 
 Protocol (README, "Results of the main job"): per seed, one shared start is trained with joint
 multi-speaker training for ``--base_steps`` outer steps; every algorithm then
