@@ -91,3 +91,9 @@ def test_transductive_transcription_refuses_a_speaker_adaptation(checkpoint: Pat
     result = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", "--adaptation", str(tmp_path / "a.pt"),
                  str(audio_only))
     assert_one_line_error(result, "--transductive", "--adaptation")
+
+
+def test_transductive_transcription_refuses_steps_or_a_rate_that_cannot_adapt(checkpoint: Path, audio_only: Path) -> None:
+    for option, value in (("--steps", "0"), ("--lr", "-1")):
+        result = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", option, value, str(audio_only))
+        assert_one_line_error(result, option)
