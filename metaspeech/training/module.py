@@ -76,6 +76,10 @@ class MetaSpeechModule(L.LightningModule):
             (:class:`~metaspeech.evaluation.selection.TestTimeSelection`); the choice replaces ``test_time``.
         freeze_body: meta-train only the adaptation machinery: the adapted scope's init and the plugin's
             meta-parameters (learned rates, a hypernetwork). Every other recognizer weight stays as loaded.
+        freeze_recognizer: meta-train only the plugin's meta-parameters (Meta-SGD's learned rates, HyperInit's
+            hypernetwork); every recognizer weight, the scope's init included, stays as loaded. Why: the model
+            without adaptation is then exactly the loaded one (e.g. joint training's), so meta-learning can only
+            change how adaptation steps from it. Needs a plugin with meta-parameters.
         max_consecutive_skips: stop the fit with a :class:`~metaspeech.errors.TrainingStalledError` after this
             many non-finite outer steps in a row (a run that cannot make progress must not run forever).
         test_objective: what test-time adaptation (``adapt``, the k x s protocol, ``metaspeech adapt``) minimizes:
@@ -92,7 +96,7 @@ class MetaSpeechModule(L.LightningModule):
         test_steps: list[int] | None = None, results_dir: str | None = None, init_from: str | None = None,
         augmentation: EpisodeAugmentation | None = None, adaptation_guard: str = "none", tasks_per_chunk: int | None = None,
         oracle: SpeakerOracle | None = None, test_time: TestTimeAdaptation | None = None,
-        test_time_selection: TestTimeSelection | None = None, freeze_body: bool = False,
+        test_time_selection: TestTimeSelection | None = None, freeze_body: bool = False, freeze_recognizer: bool = False,
         max_consecutive_skips: int = 20, test_objective: str = "supervised", label_free_guard: bool = True,
     ) -> None:
         super().__init__()
@@ -122,6 +126,11 @@ class MetaSpeechModule(L.LightningModule):
         check_objective(algorithm.inner_objective, "model.algorithm.init_args.inner_objective")
         self.learner = Learner(recognizer, recognizer.loss, self.scope, objectives=recognizer.objective)
         self.algorithm.setup(self.learner)
+        if freeze_recognizer and not any(True for _ in algorithm.parameters()):
+            raise ConfigError(
+                f"model.freeze_recognizer: {type(algorithm).__name__} has no meta-parameters of its own (learned rates or a "
+                "hypernetwork), so nothing would train; use model.freeze_body to meta-train the scope's init, or metasgd / hyperinit"
+            )
         self.test_time_selection = test_time_selection
         self.test_objective = check_objective(test_objective, "model.test_objective")
         self.collapse_guard = CollapseGuard() if label_free_guard else None
@@ -160,7 +169,9 @@ class MetaSpeechModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         trained = self.parameters()
-        if self.hparams.get("freeze_body"):  # the body is left out of the optimizer: it stays bit-identical
+        if self.hparams.get("freeze_recognizer"):  # the recognizer is left out of the optimizer: it stays bit-identical
+            trained = list(self.algorithm.parameters())
+        elif self.hparams.get("freeze_body"):  # the body is left out: only the scope's init and the plugin train
             trained = [*self.algorithm.parameters(), *self.learner.init_weights().values()]
         optimizer = torch.optim.AdamW(trained, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
