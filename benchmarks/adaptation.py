@@ -45,13 +45,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="runs side by side after the shared starts, one process each, the threads split between them")
     parser.add_argument("--summarize_only", action="store_true",
-                        help="re-build the table from the per-run JSON already under --output (e.g. runs done in parts)")
+                        help="re-build the table from the per-run JSON already under --output (e.g. runs done in parts), "
+                             "for the runs of --seeds")
     args, extra = parser.parse_known_args()
 
     from metaspeech.cli.experiment import QUICK_RUN, collect_reports, run_comparison, write_comparison
 
     if args.summarize_only:
-        results = collect_reports(Path(args.output))
+        results = {name: {seed: report for seed, report in by_seed.items() if seed in args.seeds}
+                   for name, by_seed in collect_reports(Path(args.output)).items()}
+        results = {name: by_seed for name, by_seed in results.items() if by_seed}
         if not results:
             raise SystemExit(f"no <algorithm>/seed<N>/adaptation_*.json under {args.output}: run the benchmark first")
         seeds = sorted({seed for by_seed in results.values() for seed in by_seed})

@@ -20,6 +20,7 @@ from metaspeech.cli.lightning_cli import build_cli
 from metaspeech.cli.parallel_runs import Run, run_side_by_side
 from metaspeech.evaluation.label_free_report import label_free_markdown, summarize_label_free
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport
+from metaspeech.evaluation.selection_report import selection_markdown, summarize_at_selection
 from metaspeech.training.reporting import last_test_report
 
 QUICK_RUN = [
@@ -141,8 +142,11 @@ def write_comparison(results: dict[str, dict[int, AdaptationReport]], seeds: lis
     label_free = summarize_label_free(results, rows)  # empty unless the runs had metaspeech.training.label_free.LabelFreeEvaluation
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "comparison.json"
-    json_path.write_text(json.dumps({"seeds": seeds, "headline": headline(rows), "rows": rows, "label_free": label_free}, indent=2))
-    table = "\n\n".join(part for part in (markdown_report(rows), label_free_markdown(label_free)) if part)
+    selected = summarize_at_selection(results)  # each algorithm at the setting its own meta-val search chose
+    json_path.write_text(json.dumps({"seeds": seeds, "headline": headline(rows), "rows": rows, "at_selection": selected,
+                                     "label_free": label_free}, indent=2))
+    parts = (markdown_report(rows), selection_markdown(selected), label_free_markdown(label_free))
+    table = "\n\n".join(part for part in parts if part)
     (output / "comparison.md").write_text(table + "\n")
     plot = plot_wer_vs_steps(rows, output / "wer_vs_steps.png")
     return {"rows": rows, "table": table, "json": json_path, "plot": plot}

@@ -173,3 +173,24 @@ def test_fit_only_runs_leave_their_trained_model_and_run_no_test(corpus_root, fe
     assert torch.load(path, weights_only=False)["global_step"] == 2
     assert load_module(path).algorithm.inner_objective == "entropy"
     assert not list(tmp_path.rglob("adaptation_*.json")) and not (tmp_path / "comparison.json").exists()
+
+
+def test_each_algorithm_is_read_at_the_cell_its_meta_val_search_chose() -> None:
+    """Seed 0 chose s = 2 and seed 1 s = 0 (adaptation did not help on meta-val): the row averages those cells,
+    never the best test cell; a run without a selection is left out."""
+    from metaspeech.evaluation.selection_report import selection_markdown, summarize_at_selection
+
+    chose_two, chose_none, unselected = _report(0), _report(2), _report(0)
+    chose_two.settings["test_time_selection"] = {"chosen": {"scope": "all", "optimizer": "adam", "lr": 3e-4}, "shots": 1, "steps": 2}
+    chose_none.settings["test_time_selection"] = {"chosen": {"scope": None, "optimizer": "sgd", "lr": 0.2}, "shots": 1, "steps": 0}
+    rows = summarize_at_selection({"maml": {0: chose_two, 1: chose_none}, "joint": {0: unselected}})
+    overall = next(r for r in rows if r["group"] == "all")
+    assert overall["algorithm"] == "maml" and overall["seeds"] == 2 and not any(r["algorithm"] == "joint" for r in rows)
+    # seed 0 at s = 2: 0 errors of 6 words; seed 1 at s = 0: 2 of 6. Unadapted: 2 of 6 in both.
+    assert overall["wer"] == pytest.approx(1 / 6) and overall["unadapted_wer"] == pytest.approx(2 / 6)
+    assert overall["relative_wer_reduction"] == pytest.approx(0.5) and overall["gap_closed"] == pytest.approx(0.5)
+    assert [c["steps"] for c in overall["choices"]] == [2, 0]
+    text = selection_markdown(rows)
+    assert "| all held-out (2) | maml (2) | 33.3 | 16.7 ± 16.7 | +50.0 % | 0 % | 50 % | 0.0 |" in text
+    assert "- maml: seed 0: all, adam, lr 0.0003, k = 1, s = 2; seed 1: training scope, sgd, lr 0.2, k = 1, s = 0" in text
+    assert selection_markdown([]) == ""
