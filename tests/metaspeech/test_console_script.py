@@ -357,8 +357,11 @@ def test_a_signal_stops_a_running_fit_with_a_nonzero_status_and_keeps_last_ckpt(
     command = [str(METASPEECH), "fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/fomaml.yaml"),
                "--config", str(checkpoint_every_step(tmp_path / "every_step.yaml", last.parent)), *TINY, *QUIET,
                f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=100000", "--trainer.limit_val_batches=0"]
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that: restore the default so that the
+    # fit sees the signal however the test suite itself was launched.
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "WANDB_MODE": "disabled"})
+                               env={**os.environ, "WANDB_MODE": "disabled"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not last.exists() and process.poll() is None and time.monotonic() < deadline:
