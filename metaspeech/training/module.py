@@ -12,6 +12,7 @@ one. ``adapt`` and ``transcribe`` are the test-time API (:mod:`~metaspeech.evalu
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, ContextManager, Iterable, Iterator
 
@@ -323,13 +324,26 @@ class MetaSpeechModule(L.LightningModule):
                        if other != task and accents[other] == accents[task]] for task, _ in pools}
 
     def test_step(self, item: EvaluationBatch, batch_idx: int) -> TaskScores:
-        """The k x s protocol on one held-out task; the report callback collects, gathers and reports the scores."""
+        """The k x s protocol on one held-out task; the report callback collects, gathers and reports the scores.
+        The seconds of each part add up over this process's tasks in ``protocol_settings["seconds"]``
+        (``protocol``, ``oracle``, ``accent_oracle``), beside those of the meta-val searches."""
         evaluator = AdaptationEvaluator(self.test_shots, self.test_steps, self.feature_config.frame_shift_seconds)
-        records = evaluator.evaluate(item, self.adapt_along, self.transcribe)
-        oracle, scopes = evaluate_oracle(item, partial(self.adapter.speaker_oracle, self.oracle, tokenizer=self.tokenizer))
-        accent = evaluate_accent_oracle(item, self._accent_mates.get(item.task, []),
-                                        partial(self.adapter.accent_oracle, self.oracle, tokenizer=self.tokenizer))
+        with self._timed("protocol"):
+            records = evaluator.evaluate(item, self.adapt_along, self.transcribe)
+        with self._timed("oracle"):
+            oracle, scopes = evaluate_oracle(item, partial(self.adapter.speaker_oracle, self.oracle, tokenizer=self.tokenizer))
+        with self._timed("accent_oracle"):
+            accent = evaluate_accent_oracle(item, self._accent_mates.get(item.task, []),
+                                            partial(self.adapter.accent_oracle, self.oracle, tokenizer=self.tokenizer))
         return TaskScores(records, evaluator.seconds, oracle, scopes, accent)
+
+    @contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        """Add the seconds the block takes to ``protocol_settings["seconds"][part]`` (what the test costs, and where)."""
+        start = time.perf_counter()
+        yield
+        seconds = self.protocol_settings.setdefault("seconds", {})
+        seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - start
 
     def predict_step(self, item: EvaluationBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Adapt to one held-out speaker on ``max(test_shots)`` utterances of its adaptation pool (at most the pool)

@@ -135,6 +135,8 @@ def test_no_oracle_ever_trains_or_early_stops_on_an_evaluation_utterance(tiny_da
     assert report.settings["oracle"]["chosen_on_meta_val"]["lr"] in (1e-3, 3e-3)
     assert set(report.settings["oracle"]["meta_val_wer"]) == {"head @ 0.001", "head @ 0.003"}
     assert "accent oracle" in {row["condition"] for row in report.decomposition_rows()}
+    seconds = report.settings["seconds"]  # where the test's time went, part by part
+    assert set(seconds) == {"oracle_search", "protocol", "oracle", "accent_oracle"} and min(seconds.values()) > 0
 
 
 def test_a_few_shot_cell_below_the_oracle_is_flagged() -> None:
