@@ -124,7 +124,17 @@ class SpeakerOracle:
         chosen = None if self.chosen is None else {"scope": self.chosen.name, "lr": self.chosen.lr}
         return {"candidate_scopes": self.scopes, "learning_rates": self.learning_rates, "max_steps": self.max_steps,
                 "eval_every": self.eval_every, "dev_fraction": self.dev_fraction, "patience": self.patience,
-                "chosen_on_meta_val": chosen, "meta_val_wer": dict(self.search)}
+                "chosen_on_meta_val": chosen, "chosen_at_grid_edge": self.chosen_at_grid_edge(), "meta_val_wer": dict(self.search)}
+
+    def chosen_at_grid_edge(self) -> str | None:
+        """``"smallest"`` or ``"largest"`` where the learning rate chosen on meta-val is an end of a grid of several
+        rates, else None. Why: the best rate may lie beyond that end, so the ceiling may be understated until
+        ``learning_rates`` is widened that way (with ``max_steps`` raised along with a smaller rate)."""
+        if self.chosen is None or len(set(self.learning_rates)) < 2:
+            return None
+        if self.chosen.lr == min(self.learning_rates):
+            return "smallest"
+        return "largest" if self.chosen.lr == max(self.learning_rates) else None
 
     def choose(self, model: StagedModel, loss: TaskLoss, tasks: Iterable[tuple[TaskBatch, TaskBatch]], score: Score,
                reduce: Callable[[list[float]], list[float]] = lambda counts: counts) -> OracleSetting | None:

@@ -98,6 +98,25 @@ def test_patience_stops_an_over_fitting_scope_early_and_keeps_the_same_best(tiny
         assert fits[patience].steps == fits[None].steps and fits[patience].dev_loss == fits[None].dev_loss
 
 
+@pytest.mark.parametrize("best_lr, edge", [(1e-4, "smallest"), (3e-4, None), (1e-3, "largest")])
+def test_a_choice_at_an_end_of_the_learning_rate_grid_is_reported(best_lr, edge, monkeypatch) -> None:
+    """The meta-val search picks the rate with the fewest word errors; at an end of the grid, the report says so."""
+    oracle = SpeakerOracle(scopes=["all"], learning_rates=[1e-4, 3e-4, 1e-3], search_speakers=2)
+    monkeypatch.setattr(SpeakerOracle, "_fit_setting", lambda self, model, loss, setting, pool: setting)
+    errors = {1e-4: 5, 3e-4: 5, 1e-3: 5, best_lr: 2}
+    chosen = oracle.choose(None, None, [("pool", "evaluation")] * 2, lambda setting, evaluation: (errors[setting.lr], 10))
+    assert chosen.lr == best_lr
+    described = oracle.describe()
+    assert described["chosen_at_grid_edge"] == edge and described["meta_val_wer"]["all @ 0.0003"] == (0.2 if edge is None else 0.5)
+
+
+def test_a_grid_of_one_learning_rate_has_no_edge_to_report(monkeypatch) -> None:
+    oracle = SpeakerOracle(scopes=["all", "head"], learning_rates=[1e-4], search_speakers=1)
+    monkeypatch.setattr(SpeakerOracle, "_fit_setting", lambda self, model, loss, setting, pool: setting)
+    oracle.choose(None, None, [("pool", "evaluation")], lambda setting, evaluation: (1, 10))
+    assert oracle.chosen is not None and oracle.chosen_at_grid_edge() is None
+
+
 def test_patience_must_be_positive() -> None:
     with pytest.raises(ValueError, match="patience"):
         SpeakerOracle(patience=0)
@@ -134,6 +153,7 @@ def test_no_oracle_ever_trains_or_early_stops_on_an_evaluation_utterance(tiny_da
     assert {r.task for r in report.accent_oracle} == {"spk016", "spk017"}
     assert report.settings["oracle"]["chosen_on_meta_val"]["lr"] in (1e-3, 3e-3)
     assert set(report.settings["oracle"]["meta_val_wer"]) == {"head @ 0.001", "head @ 0.003"}
+    assert report.settings["oracle"]["chosen_at_grid_edge"] in ("smallest", "largest")  # a grid of two rates: both are ends
     assert "accent oracle" in {row["condition"] for row in report.decomposition_rows()}
     seconds = report.settings["seconds"]  # where the test's time went, part by part
     assert set(seconds) == {"oracle_search", "protocol", "oracle", "accent_oracle"} and min(seconds.values()) > 0
