@@ -128,9 +128,10 @@ class SpeakerOracle:
 
     def chosen_at_grid_edge(self) -> str | None:
         """``"smallest"`` or ``"largest"`` where the learning rate chosen on meta-val is an end of a grid of several
-        rates, else None. Why: the best rate may lie beyond that end, so the ceiling may be understated until
-        ``learning_rates`` is widened that way (with ``max_steps`` raised along with a smaller rate)."""
-        if self.chosen is None or len(set(self.learning_rates)) < 2:
+        rates, else None (also with ``max_steps = 0``: no rate is used). Why: the best rate may lie beyond that end,
+        so the ceiling may be understated until ``learning_rates`` is widened that way (with ``max_steps`` raised
+        along with a smaller rate)."""
+        if self.chosen is None or len(set(self.learning_rates)) < 2 or self.max_steps == 0:
             return None
         if self.chosen.lr == min(self.learning_rates):
             return "smallest"

@@ -110,8 +110,9 @@ def test_a_choice_at_an_end_of_the_learning_rate_grid_is_reported(best_lr, edge,
     assert described["chosen_at_grid_edge"] == edge and described["meta_val_wer"]["all @ 0.0003"] == (0.2 if edge is None else 0.5)
 
 
-def test_a_grid_of_one_learning_rate_has_no_edge_to_report(monkeypatch) -> None:
-    oracle = SpeakerOracle(scopes=["all", "head"], learning_rates=[1e-4], search_speakers=1)
+@pytest.mark.parametrize("rates, max_steps", [([1e-4], 200), ([1e-4, 1e-3], 0)])
+def test_no_edge_is_reported_for_one_rate_or_an_oracle_that_takes_no_step(rates, max_steps, monkeypatch) -> None:
+    oracle = SpeakerOracle(scopes=["all", "head"], learning_rates=rates, max_steps=max_steps, search_speakers=1)
     monkeypatch.setattr(SpeakerOracle, "_fit_setting", lambda self, model, loss, setting, pool: setting)
     oracle.choose(None, None, [("pool", "evaluation")], lambda setting, evaluation: (1, 10))
     assert oracle.chosen is not None and oracle.chosen_at_grid_edge() is None
