@@ -302,8 +302,7 @@ class MetaSpeechModule(L.LightningModule):
             seconds["oracle_search"] = round(time.perf_counter() - start, 1)
             if chosen is not None:
                 edge = self.oracle.chosen_at_grid_edge()
-                hint = (f"; the {edge} rate of model.oracle.init_args.learning_rates, so the ceiling may lie beyond the grid"
-                        if edge else "")
+                hint = f" (the {edge} rate of model.oracle.init_args.learning_rates: rates beyond it were not tried)" if edge else ""
                 self.print(f"speaker oracle: scope {chosen.name}, Adam lr {chosen.lr:g}, chosen on meta-val speakers{hint}")
             if self.oracle.accent and hasattr(data, "task_accents"):
                 self._accent_mates = self._accent_pools(data.task_accents("test"), data.test_dataloader())
