@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from metaspeech.cli.experiment import headline, markdown_report, summarize
 from metaspeech.cli.main import main
@@ -106,6 +107,8 @@ def test_demo_runs_meta_training_and_joint_training_from_one_shared_base(corpus_
     assert {(r["shots"], r["steps"]) for r in rows if r["group"] == "all"} == {(1, 0), (1, 2), (3, 0), (3, 2)}
     assert {r["group"] for r in rows} >= {"all", "unseen accent"}
     assert (tmp_path / "wer_vs_steps.png").stat().st_size > 1000
+    oracle = yaml.safe_load((tmp_path / "joint" / "seed0" / "config.yaml").read_text())["model"]["oracle"]["init_args"]
+    assert (oracle["scopes"], oracle["learning_rates"], oracle["max_steps"]) == (["all"], [1e-4, 3e-4], 200)  # protocol/demo.yaml
 
 
 def test_comparison_can_be_rebuilt_from_runs_done_in_parts(tmp_path) -> None:
