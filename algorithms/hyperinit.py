@@ -88,13 +88,26 @@ class HyperInit(MetaAlgorithm):
             nn.Tanh(),
         )
         for name, w in learner.init_weights().items():
-            self.generators[name.replace(".", "__")] = WeightGenerator(self.embedding_dim, w.shape, self.rank)
+            self.generators[_key(name)] = WeightGenerator(self.embedding_dim, w.shape, self.rank)
+
+    def adapts_scope(self, training: Learner, test: Learner) -> bool:
+        """Any scope that contains the training scope: its generated weights, then fine-tuning of the wider scope."""
+        return set(training.adapted_names) <= set(test.adapted_names)
 
     def initial_weights(self, learner: Learner, prepared: PreparedTasks) -> FastWeights:
+        """The shared init ``[T, *shape]`` plus each task's generated update, for every weight that has a generator.
+
+        At test time ``learner`` may adapt a wider scope than the one trained (``adapts_scope``): its other
+        weights start at the shared init, so generation, then fine-tuning of the whole model is one inner loop.
+        """
         if self.encoder is None:
             raise RuntimeError("HyperInit.setup(learner) must run before adaptation (MetaSpeechModule does this)")
         embedding = self.encoder(learner.task_statistics(prepared))
-        return {
-            name: theta.unsqueeze(0) + self.generators[name.replace(".", "__")](embedding).to(theta.dtype)
-            for name, theta in learner.init_weights().items()
-        }
+        start = learner.expand(learner.init_weights(), prepared.num_tasks)
+        return {name: w + self.generators[_key(name)](embedding).to(w.dtype) if _key(name) in self.generators else w
+                for name, w in start.items()}
+
+
+def _key(name: str) -> str:
+    """A parameter's name as a key of ``HyperInit.generators`` (``nn.ModuleDict`` keys hold no dots)."""
+    return name.replace(".", "__")

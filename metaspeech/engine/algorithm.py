@@ -150,6 +150,16 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
     def setup(self, learner: Learner) -> None:
         """Create meta-parameters that depend on the adaptation scope (called once, before training)."""
 
+    def adapts_scope(self, training: Learner, test: Learner) -> bool:
+        """Whether test-time adaptation may adapt ``test``'s scope after meta-training on ``training``'s.
+
+        Why a hook: meta-parameters shaped by the training scope (Meta-SGD's learned rates, HyperInit's
+        generators) say nothing about other weights. The default allows any scope to a plugin without
+        meta-parameters, and only the training scope to one with them; a plugin whose meta-parameters
+        still make sense inside a wider scope (HyperInit) overrides this.
+        """
+        return test.adapted_names == training.adapted_names or not any(True for _ in self.parameters())
+
     def inner_loop(self, steps: int | None = None, loss_scale: float = 1.0) -> InnerLoop:
         """The meta-training inner loop: ``inner_steps`` (or ``steps``) steps, second order and objective as configured."""
         return InnerLoop(self.inner_steps if steps is None else steps, self.second_order, loss_scale,

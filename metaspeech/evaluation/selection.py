@@ -10,7 +10,8 @@ of one inner loop (all s read off one trajectory, as the test protocol does) and
 
 Joint training + fine-tuning gets exactly the same search as the meta-learners. A plugin that learns its
 inner learning rates (``learns_inner_lr``, Meta-SGD) keeps them and its training scope: only the steps are
-chosen. A plugin with other scope-bound meta-parameters (HyperInit) keeps its training scope.
+chosen. A plugin with other scope-bound meta-parameters is searched over the scopes its ``adapts_scope`` allows
+(HyperInit: those that contain its training scope, such as ``all``).
 
     model:
       test_time_selection:
@@ -30,7 +31,7 @@ from metaspeech.engine.learner import Learner
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.evaluation.protocol import evaluation_word_errors
-from metaspeech.evaluation.test_time import TestTimeAdaptation, scope_is_bound
+from metaspeech.evaluation.test_time import TestTimeAdaptation
 from metaspeech.models.recognizer import Recognizer
 from metaspeech.speech.tokenizer import Tokenizer
 
@@ -73,12 +74,13 @@ class TestTimeSelection:
             raise ConfigError(f"model.test_time_selection.steps must be >= 0, got {steps}")
         self.steps = steps
 
-    def candidates_for(self, algorithm: MetaAlgorithm) -> list[TestTimeAdaptation]:
-        """The candidates ``algorithm`` can run: its own learned rates only if it learns them; its training scope
-        only if its meta-parameters are tied to it."""
+    def candidates_for(self, algorithm: MetaAlgorithm, learner: Learner) -> list[TestTimeAdaptation]:
+        """The candidates ``algorithm``, meta-trained on ``learner``'s scope, can run: its own learned rates only if
+        it learns them; only the scopes its ``adapts_scope`` allows (else every candidate on the training scope)."""
         if algorithm.learns_inner_lr:
             return [TestTimeAdaptation()]
-        usable = [c for c in self.candidates if c.scope is None or not scope_is_bound(algorithm)]
+        usable = [c for c in self.candidates
+                  if c.scope is None or algorithm.adapts_scope(learner, Learner(learner.model, learner.loss, list(c.scope)))]
         return usable or [TestTimeAdaptation(optimizer=c.optimizer, lr=c.lr) for c in self.candidates]
 
     def select(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, tokenizer: Tokenizer,
@@ -90,7 +92,7 @@ class TestTimeSelection:
         ``steps``: the test protocol's step counts (used unless the selection has its own). ``reduce`` sums the
         flat error counts over DDP ranks, so every rank makes the same choice.
         """
-        candidates = self.candidates_for(algorithm)
+        candidates = self.candidates_for(algorithm, learner)
         counts_of = sorted(set(self.steps if self.steps is not None else steps) | {0})
         adapters = [FewShotAdapter(recognizer, learner, algorithm, guard, c) for c in candidates]
         counts = [0.0] * (2 * len(candidates) * len(counts_of) + 1)  # (errors, words) per (candidate, s); speakers last

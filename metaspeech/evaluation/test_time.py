@@ -26,8 +26,8 @@ class TestTimeAdaptation:
 
     Args:
         scope: the adapted parameters (presets or name globs, as ``model.scope``); None: the training scope.
-            A plugin with meta-parameters tied to its training scope (Meta-SGD's learning rates, HyperInit's
-            generators) adapts its training scope only.
+            A plugin with meta-parameters tied to its training scope adapts the scopes its ``adapts_scope`` allows:
+            Meta-SGD (learned rates) its training scope only, HyperInit (generators) any scope that contains it.
         optimizer: ``sgd`` or ``adam`` (:meth:`~metaspeech.engine.inner_loop.InnerLoop.update`).
         lr: the learning rate of every inner step; None: the plugin's own (``eval_inner_lr``, or Meta-SGD's learned rates).
     """
@@ -53,10 +53,11 @@ class TestTimeAdaptation:
         learner = Learner(training.model, training.loss, list(self.scope))
         if learner.adapted_names == training.adapted_names:
             return training
-        if scope_is_bound(algorithm):
+        if not algorithm.adapts_scope(training, learner):
             raise ConfigError(
                 f"model.test_time.scope={self.scope}: {type(algorithm).__name__} has meta-parameters tied to its training "
-                "scope (learned learning rates or generated weights), so it adapts that scope: leave model.test_time.scope unset"
+                "scope (model.scope: learned learning rates or generated weights) and cannot adapt this one: leave "
+                "model.test_time.scope unset (HyperInit also adapts a scope that contains its training scope, e.g. [all])"
             )
         return learner
 
@@ -71,7 +72,3 @@ class TestTimeAdaptation:
         return {"scope": "training scope" if self.scope is None else ",".join(self.scope), "optimizer": self.optimizer,
                 "lr": "the algorithm's own" if self.lr is None else self.lr}
 
-
-def scope_is_bound(algorithm: MetaAlgorithm) -> bool:
-    """Whether the plugin owns meta-parameters shaped by its training scope, so adapting another scope is undefined."""
-    return any(True for _ in algorithm.parameters())

@@ -157,3 +157,29 @@ def test_adam_steps_follow_the_bias_corrected_rule_per_task() -> None:
     m = 0.9 * 0.1 * grads[0] / (1 - 0.9**2)
     v = 0.999 * 0.001 * grads[0] ** 2 / (1 - 0.999**2)
     torch.testing.assert_close(second["w"], first["w"] - 0.1 * m / (v.sqrt() + 1e-8))
+
+
+def test_hyperinit_generates_its_scope_then_fine_tunes_the_whole_model(adapter_and_data) -> None:
+    adapter, data = adapter_and_data
+    hyper = HyperInit(inner_steps=1, inner_lr=0.5, embedding_dim=8)
+    hyper.setup(adapter.learner)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained hypernetwork: its generators' last layers start at zero, so move them
+        for p in hyper.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    own = FewShotAdapter(adapter.recognizer, adapter.learner, hyper)
+    whole = FewShotAdapter(adapter.recognizer, adapter.learner, hyper,
+                           test_time=TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3))
+    batch = next(iter(data.train_dataloader()))
+    generated, start = own.adapt(batch.support, 0), whole.adapt(batch.support, 0)
+    shared = dict(adapter.recognizer.named_parameters())
+    assert set(generated) < set(start) == set(whole.learner.adapted_names)
+    for name, w in start.items():  # s = 0: the generated weights of its scope, the shared init elsewhere
+        expected = generated[name] if name in generated else shared[name].detach().expand_as(w)
+        assert torch.equal(w, expected), name
+    assert not all(torch.equal(generated[name], shared[name].detach().expand_as(w)) for name, w in generated.items())
+    assert torch.allclose(whole.loss(batch.query, start), own.loss(batch.query, generated), atol=1e-6)
+    tuned = whole.adapt(batch.support, 3)
+    body = [name for name in start if name not in generated]
+    assert any(not torch.equal(tuned[name], start[name]) for name in body)  # fine-tuning reaches beyond its scope
+    assert (whole.loss(batch.support, tuned) < whole.loss(batch.support, start)).all()

@@ -51,20 +51,26 @@ def test_selection_reads_only_meta_val_picks_the_best_candidate_and_reports_it(
     assert module.algorithm.eval_inner_lr is None  # the plugin is never written to
 
 
-def test_a_plugin_that_learns_its_rates_keeps_them_and_its_scope(tiny_module) -> None:
-    grid = TestTimeSelection([TestTimeAdaptation(lr=0.1), TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3)])
-    assert grid.candidates_for(MetaSGD()) == [TestTimeAdaptation()]
-    hyperinit = tiny_module(HyperInit()).algorithm  # set up: its generators exist, one per weight of its scope
-    assert grid.candidates_for(hyperinit) == [TestTimeAdaptation(lr=0.1)]
+def test_a_plugin_searches_only_the_scopes_its_meta_parameters_allow(tiny_module) -> None:
+    grid = TestTimeSelection([TestTimeAdaptation(lr=0.1), TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3),
+                              TestTimeAdaptation(scope=["lhuc"], optimizer="adam", lr=1e-3)])
+    metasgd = tiny_module(MetaSGD())
+    assert grid.candidates_for(metasgd.algorithm, metasgd.learner) == [TestTimeAdaptation()]  # its learned rates, its scope
+    hyperinit = tiny_module(HyperInit())  # set up: its generators exist, one per weight of its scope
+    assert grid.candidates_for(hyperinit.algorithm, hyperinit.learner) == grid.candidates[:2]  # [all] contains its scope
     with pytest.raises(ConfigError, match="model.test_time.scope"):
-        tiny_module(HyperInit(), test_time=TestTimeAdaptation(scope=["all"]))
-    assert grid.candidates_for(FOMAML()) == grid.candidates
+        tiny_module(HyperInit(), test_time=TestTimeAdaptation(scope=["lhuc"]))  # would drop generated weights
+    with pytest.raises(ConfigError, match="model.test_time.scope"):
+        tiny_module(MetaSGD(), test_time=TestTimeAdaptation(scope=["all"]))
+    fomaml = tiny_module(FOMAML())
+    assert grid.candidates_for(fomaml.algorithm, fomaml.learner) == grid.candidates
 
 
-def test_a_hand_written_step_size_schedule_is_searched() -> None:
+def test_a_hand_written_step_size_schedule_is_searched(tiny_module) -> None:
     assert not DecayingLR.learns_inner_lr and MetaSGD.learns_inner_lr
     grid = TestTimeSelection([TestTimeAdaptation(lr=0.1), TestTimeAdaptation(lr=0.3)])
-    assert grid.candidates_for(DecayingLR()) == grid.candidates
+    module = tiny_module(DecayingLR())
+    assert grid.candidates_for(module.algorithm, module.learner) == grid.candidates
 
 
 def test_bad_grids_are_refused_in_one_line() -> None:
