@@ -22,8 +22,8 @@ parallel generation uses processes.
 from __future__ import annotations
 
 import _ctypes
-import atexit
 import ctypes
+import os
 import shutil
 import tempfile
 import threading
@@ -95,15 +95,27 @@ def _private_library() -> Path:
 
     A copy (a different file) gets its own static data even if something else in
     the process already loaded the wheel's library, so unloading it really resets it.
+    Every process shares one copy per library build, in the temporary folder under a name
+    made of the user id and the build's size and modification time. Why not one temporary
+    copy per process, removed at exit: worker processes end without running exit handlers,
+    so each of them would leave its copy behind. The copy is written under a unique name and
+    renamed into place, so a process never opens a half-written file.
     """
     global _PRIVATE_LIBRARY
     if _PRIVATE_LIBRARY is None:
         import espeakng_loader
 
         source = Path(espeakng_loader.get_library_path())
-        folder = Path(tempfile.mkdtemp(prefix="metaspeech-espeak-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        _PRIVATE_LIBRARY = Path(shutil.copy2(source, folder / source.name))
+        stat = source.stat()
+        folder = Path(tempfile.gettempdir()) / f"metaspeech-espeak-{os.getuid()}-{stat.st_size}-{stat.st_mtime_ns}"
+        target = folder / source.name
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, partial = tempfile.mkstemp(prefix=source.name, suffix=".partial", dir=folder)
+            os.close(handle)
+            shutil.copy2(source, partial)
+            os.replace(partial, target)
+        _PRIVATE_LIBRARY = target
     return _PRIVATE_LIBRARY
 
 

@@ -7,6 +7,9 @@ the ``tiny`` preset itself is checked only for its shape.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -63,6 +66,19 @@ def test_synthesis_depends_only_on_its_arguments() -> None:
     synthesize("something else entirely", "en+klatt2", 20, 190, seed=9)
     again, _ = synthesize("where did the cat go", "en-us+f2", 60, 150, seed=3)
     assert np.array_equal(first, again)
+
+
+def test_processes_share_one_private_library_and_leave_nothing_behind(tmp_path: Path) -> None:
+    # Worker processes end without exit handlers: a copy per process would stay in the temporary folder.
+    speak = ("import sys; from metaspeech.datamodules.embedded import espeak; espeak.synthesize('hello', 'en-us'); "
+             "print(espeak._private_library())")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    paths = {subprocess.run([sys.executable, "-c", speak], env=env, capture_output=True, text=True, check=True).stdout.strip()
+             for _ in range(2)}
+    assert len(paths) == 1
+    library = Path(paths.pop())
+    assert library.parent.parent == tmp_path and library.is_file()
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [library.name]  # no per-process copy, no partial file
 
 
 def test_rate_and_pitch_change_the_audio() -> None:
