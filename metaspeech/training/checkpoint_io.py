@@ -257,7 +257,15 @@ def use_atomic_checkpoint_io(trainer: Any) -> CheckpointIO:
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
-    """Lightning's ``ModelCheckpoint``, without its warning about manual optimization.
+    """Lightning's ``ModelCheckpoint``, whose scores describe the weights saved with them, without its warning
+    about manual optimization.
+
+    Why the scores: with ``every_n_train_steps`` Lightning saves at the end of a training batch, before the
+    validation of that step has run, so a monitored score (``val/wer_post``) would be the *previous*
+    validation's, attached to newer weights: ``step200-wer0.310.ckpt`` would hold step 200's weights and step
+    100's WER, and "the best checkpoint" would be chosen one validation late. While validation is on, this
+    callback leaves the monitored metric out at the batch end, so Lightning defers that save to the end of the
+    validation that follows, where weights and score belong to the same step (``last.ckpt`` is written there too).
 
     With ``every_n_train_steps`` and manual optimization, Lightning warns that a checkpoint
     holds the state *after* the optimizer step. That is the state a metaspeech checkpoint
@@ -266,7 +274,19 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     saving only; every other warning is left alone.
     """
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
-            super().on_train_batch_end(*args, **kwargs)
+    _at_batch_end = False
+
+    def on_train_batch_end(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        self._at_batch_end = self.monitor is not None and trainer.enable_validation
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+                super().on_train_batch_end(trainer, *args, **kwargs)
+        finally:
+            self._at_batch_end = False
+
+    def _monitor_candidates(self, trainer: Any) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        if self._at_batch_end:
+            candidates.pop(self.monitor, None)  # stale until this step's validation has run
+        return candidates

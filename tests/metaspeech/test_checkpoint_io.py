@@ -16,6 +16,7 @@ from metaspeech.training.checkpoint_io import (
     SECTION,
     CheckpointError,
     MetaSpeechSection,
+    ModelCheckpoint,
     load_checkpoint_file,
     load_recognizer_weights,
     read_metaspeech_section,
@@ -84,3 +85,34 @@ def test_init_from_takes_only_the_recognizer_weights(tmp_path: Path, tiny_module
     torch.save({"state_dict": {"model.unknown": torch.zeros(1)}}, path)
     with pytest.raises(ConfigError, match="model.init_from=.*does not match"):
         load_recognizer_weights(path, target.model)
+
+
+def test_a_monitored_checkpoint_carries_the_score_of_its_own_weights(tiny_data, tiny_module, tiny_trainer, tmp_path) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    class Scores(Callback):
+        """The monitored meta-val loss after every validation, by the step whose weights it scored."""
+
+        def __init__(self) -> None:
+            self.by_step: dict[int, float] = {}
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self.by_step[trainer.global_step] = float(trainer.callback_metrics["val/loss_post"])
+
+    scores = Scores()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss_post", mode="min", save_top_k=-1,
+                                  save_last=True, every_n_train_steps=2, filename="step{step}-loss{val/loss_post:.6f}",
+                                  auto_insert_metric_name=False)
+    trainer = tiny_trainer(max_steps=6, val_check_interval=2, limit_val_batches=2, enable_checkpointing=True,
+                           callbacks=[scores, checkpoints])
+    trainer.fit(tiny_module(FOMAML(inner_steps=1, inner_lr=0.5)), datamodule=tiny_data())
+    assert len(set(scores.by_step.values())) == 3  # the weights change, so a stale score would show
+    saved = {}
+    for path in (tmp_path / "ckpt").glob("step*.ckpt"):  # step{N}-loss{score}.ckpt
+        step, score = path.stem.removeprefix("step").split("-loss")
+        assert torch.load(path, weights_only=False)["global_step"] == int(step)
+        assert float(score) == pytest.approx(scores.by_step[int(step)], abs=1e-6), path.name
+        saved[int(step)] = path
+    assert sorted(saved) == sorted(scores.by_step) == [2, 4, 6]
+    assert Path(checkpoints.best_model_path) == saved[min(scores.by_step, key=scores.by_step.get)]
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 6
