@@ -108,22 +108,24 @@ def transcribe(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--adaptation", default=None, help="a .pt written by `metaspeech adapt`")
     parser.add_argument("--transductive", action="store_true",
-                        help="adapt each recording on itself before decoding it, without transcripts (docs/label_free.md)")
+                        help="adapt each recording on itself before decoding it, without transcripts, starting from "
+                             "--adaptation if given (docs/label_free.md)")
     parser.add_argument("--objective", default="entropy", choices=LABEL_FREE, help="the --transductive objective")
     parser.add_argument("--steps", type=_positive, default=5, help="--transductive inner steps per recording")
     parser.add_argument("--lr", type=float, default=0.5, help="--transductive inner learning rate")
     parser.add_argument("audio", nargs="+", help="audio files or folders")
     args = parser.parse_args(argv)
-    if args.transductive and args.adaptation:
-        parser.error("--transductive adapts each recording from the unadapted model: drop --adaptation, or --transductive")
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     from metaspeech.cli.inference import find_recordings, load_adaptation, load_module, transcribe_files, transcribe_transductive
+    from metaspeech.evaluation.adapter import write_adapted_weights
 
     module = load_module(args.checkpoint)
     adaptation = load_adaptation(args.adaptation, module) if args.adaptation else None
     recordings = [r for source in args.audio for r in find_recordings(source, require_text=False)]
     if args.transductive:
+        if adaptation is not None:  # the speaker's adaptation is where every recording's own adaptation starts
+            write_adapted_weights(module.model, adaptation)
         module.algorithm.eval_inner_lr = args.lr
         texts = transcribe_transductive(module, recordings, args.steps, args.objective)
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import TaskBatch
@@ -164,3 +164,20 @@ class FewShotAdapter:
         accent mates ``others`` and its own ``pool`` (:meth:`SpeakerOracle.fit_accent`), and that fit."""
         fit = oracle.fit_accent(self.recognizer, self.recognizer.loss, pool, others)
         return self.transcribe(evaluation, tokenizer, fit.fast, fit.learner)[0], fit
+
+
+@torch.no_grad()
+def write_adapted_weights(recognizer: nn.Module, fast: FastWeights, task: int = 0) -> None:
+    """Write task ``task``'s adapted weights (``fast[name][task]``, ``fast`` as ``[T, ...]``) into ``recognizer``'s
+    parameters, in place: its shared init becomes that task's adaptation.
+
+    Why: an adaptation that starts where a speaker's supervised adaptation ended (each of an enrolled speaker's
+    recordings adapted on itself, without a transcript) needs those weights as its start, and every learner
+    reads its start, and the weights outside its scope, from the model. Copy the recognizer first to keep it.
+    """
+    parameters = dict(recognizer.named_parameters())
+    unknown = sorted(set(fast) - set(parameters))
+    if unknown:
+        raise KeyError(f"adapted weights {unknown[:3]} are not parameters of {type(recognizer).__name__}")
+    for name, weights in fast.items():
+        parameters[name].copy_(weights[task])

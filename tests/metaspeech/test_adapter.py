@@ -183,3 +183,22 @@ def test_hyperinit_generates_its_scope_then_fine_tunes_the_whole_model(adapter_a
     body = [name for name in start if name not in generated]
     assert any(not torch.equal(tuned[name], start[name]) for name in body)  # fine-tuning reaches beyond its scope
     assert (whole.loss(batch.support, tuned) < whole.loss(batch.support, start)).all()
+
+
+def test_written_adapted_weights_become_the_start_of_the_next_adaptation(adapter_and_data) -> None:
+    import copy
+
+    from metaspeech.evaluation.adapter import write_adapted_weights
+
+    adapter, data = adapter_and_data
+    batch = next(iter(data.train_dataloader()))
+    fast = adapter.adapt(batch.support, 3)
+    enrolled = copy.deepcopy(adapter.recognizer)
+    write_adapted_weights(enrolled, fast, task=1)
+    learner = Learner(enrolled, enrolled.loss, ["lin", "lhuc", "head"])
+    after = FewShotAdapter(enrolled, learner, adapter.algorithm)
+    start = after.adapt(batch.support, 0)
+    assert all(torch.equal(start[name][0], fast[name][1]) for name in fast)
+    assert not all(torch.equal(p, dict(enrolled.named_parameters())[n]) for n, p in adapter.recognizer.named_parameters())
+    with pytest.raises(KeyError, match="not.a.weight"):
+        write_adapted_weights(enrolled, {"not.a.weight": fast[next(iter(fast))]})

@@ -87,10 +87,29 @@ def test_transductive_transcription_adapts_each_recording_on_itself(checkpoint: 
     assert alone.returncode == 0 and alone.stdout.splitlines() == [line for line in after if line.startswith(str(first))]
 
 
-def test_transductive_transcription_refuses_a_speaker_adaptation(checkpoint: Path, audio_only: Path, tmp_path: Path) -> None:
+def test_transductive_transcription_starts_from_a_speaker_adaptation(checkpoint: Path, audio_only: Path, tmp_path: Path) -> None:
+    """``--adaptation`` with ``--transductive``: each recording adapts on itself from the enrolled speaker's weights."""
+    adaptation = tmp_path / "speaker.pt"
+    adapted = run("adapt", "--checkpoint", str(checkpoint), "--data", str(audio_only), "--output", str(adaptation),
+                  "--objective", "entropy", "--steps", "3", "--lr", "1.0")
+    assert adapted.returncode == 0, adapted.stderr[-3000:]
+    enrolled = run("transcribe", "--checkpoint", str(checkpoint), "--adaptation", str(adaptation), str(audio_only))
+    barely = run("transcribe", "--checkpoint", str(checkpoint), "--adaptation", str(adaptation), "--transductive",
+                 "--steps", "1", "--lr", "1e-12", str(audio_only))
+    assert enrolled.returncode == 0 and barely.returncode == 0, barely.stderr[-3000:]
+    assert barely.stdout == enrolled.stdout  # a vanishing step leaves each recording at the speaker's adaptation
+    both = run("transcribe", "--checkpoint", str(checkpoint), "--adaptation", str(adaptation), "--transductive",
+               "--steps", "3", "--lr", "1.0", str(audio_only))
+    alone = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", "--steps", "3", "--lr", "1.0", str(audio_only))
+    assert both.returncode == 0 and alone.returncode == 0, both.stderr[-3000:]
+    assert len(both.stdout.splitlines()) == 5 and both.stdout not in (alone.stdout, enrolled.stdout)
+
+
+def test_transductive_transcription_names_a_missing_speaker_adaptation(checkpoint: Path, audio_only: Path,
+                                                                        tmp_path: Path) -> None:
     result = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", "--adaptation", str(tmp_path / "a.pt"),
                  str(audio_only))
-    assert_one_line_error(result, "--transductive", "--adaptation")
+    assert_one_line_error(result, "a.pt")
 
 
 def test_transductive_transcription_refuses_steps_or_a_rate_that_cannot_adapt(checkpoint: Path, audio_only: Path) -> None:
