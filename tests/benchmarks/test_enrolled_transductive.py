@@ -1,0 +1,48 @@
+"""Supervised speaker adaptation, then transductive adaptation from it: every condition on the tiny corpus."""
+
+from __future__ import annotations
+
+from benchmarks import enrolled_transductive as bench
+from metaspeech.algorithms import FOMAML
+from metaspeech.evaluation.test_time import TestTimeAdaptation
+
+
+def test_each_condition_is_scored_and_the_transductive_search_reads_meta_val(tiny_data, tiny_module, tiny_trainer) -> None:
+    data = tiny_data(eval_pool_size=3, eval_size=3)
+    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_time=TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3))
+    tiny_trainer(max_steps=10, limit_val_batches=0).fit(module, datamodule=data)
+    data.setup("test")
+    val_items, test_items = list(data.val_dataloader()), list(data.test_dataloader())
+    choices = bench.choose_transductive(module, val_items, 3, 2, [0.1, 0.5], [1, 2])
+    assert set(choices) == {bench.TRANSDUCTIVE, bench.BOTH}
+    assert all(c["learning_rate"] in (0.1, 0.5) and c["steps"] in (1, 2) and len(c["meta_val_wer"]) == 4 for c in choices.values())
+
+    vanishing = {name: {"learning_rate": 1e-12, "steps": 1} for name in choices}
+    counts = bench.score_speakers(module, test_items, 3, 2, vanishing)
+    assert set(counts) == set(bench.CONDITIONS) and all(set(c) == {i.task for i in test_items} for c in counts.values())
+    assert counts[bench.TRANSDUCTIVE] == counts[bench.UNADAPTED]  # a vanishing step: each utterance stays where it started
+    assert counts[bench.BOTH] == counts[bench.SUPERVISED]  # ... which for both is the speaker's supervised adaptation
+
+    counts = bench.score_speakers(module, test_items, 3, 2, choices)
+    groups = data.task_groups("test")
+    rows = bench.group_rows(counts, groups, {bench.ALL: 0.0})
+    overall = {r["condition"]: r for r in rows if r["group"] == bench.ALL}
+    assert set(overall) == set(bench.CONDITIONS)
+    assert overall[bench.UNADAPTED]["relative_wer_reduction"] == 0 and overall[bench.UNADAPTED]["speakers_worse"] == 0
+    errors = sum(counts[bench.BOTH][t][0] for t in counts[bench.BOTH] if groups.get(t) != bench.SEEN_SPEAKERS)
+    words = sum(counts[bench.BOTH][t][1] for t in counts[bench.BOTH] if groups.get(t) != bench.SEEN_SPEAKERS)
+    assert overall[bench.BOTH]["wer"] == errors / words
+    assert overall[bench.BOTH]["gap_closed"] == (overall[bench.UNADAPTED]["wer"] - errors / words) / overall[bench.UNADAPTED]["wer"]
+    assert "| supervised + transductive |" in bench.markdown(rows)
+
+
+def test_summarize_averages_every_cell_over_runs(tmp_path) -> None:
+    import json
+
+    for seed, wer in enumerate((0.30, 0.40)):
+        row = {"group": "all held-out", "condition": bench.BOTH, "wer": wer, "relative_wer_reduction": 0.1 * (seed + 1),
+               "speakers_worse": 0.2, "gap_closed": 0.5, "oracle_wer": 0.2, "speakers": 20}
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "enrolled_transductive.json").write_text(json.dumps({"rows": [row]}))
+    table = bench.summarize([tmp_path / "seed0", tmp_path / "seed1"])
+    assert "| all held-out (20) | supervised + transductive | 35.0 ± 7.1 | +15.0 % | 20 % | 50 % |" in table
