@@ -69,6 +69,7 @@ def generate(argv: list[str]) -> int:
 @command("adapt")
 def adapt(argv: list[str]) -> int:
     """Adapt a trained model to one speaker from their recordings (+ transcripts, unless label-free); save the adaptation."""
+    from metaspeech.engine.inner_loop import INNER_OPTIMIZERS
     from metaspeech.speech.objectives import OBJECTIVES, SUPERVISED
 
     parser = argparse.ArgumentParser(prog="metaspeech adapt", description=adapt.__doc__)
@@ -80,19 +81,28 @@ def adapt(argv: list[str]) -> int:
                         help="what adaptation minimizes: supervised (needs x.txt) or label-free, audio only (docs/label_free.md); "
                              "default: the objective the model was meta-trained to adapt with (its inner_objective), else supervised")
     parser.add_argument("--lr", type=float, default=None, help="inner learning rate (default: the algorithm's eval_inner_lr)")
+    parser.add_argument("--scope", nargs="+", default=None,
+                        help="the adapted parameters, presets or name globs (default: the training scope), e.g. all")
+    parser.add_argument("--optimizer", default=None, choices=INNER_OPTIMIZERS,
+                        help="the inner steps' update rule (default: the model's test-time setting, SGD unless configured)")
     args = parser.parse_args(argv)
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
     from metaspeech.cli.inference import adapt_speaker, find_recordings, load_module, save_atomically
+    from metaspeech.evaluation.test_time import TestTimeAdaptation
 
     module = load_module(args.checkpoint)
     objective = args.objective or module.algorithm.inner_objective
-    if args.lr is not None:
-        module.algorithm.eval_inner_lr = args.lr
+    own = module.test_time  # what the model was configured to adapt with; each option replaces one part of it
+    module.use_test_time(TestTimeAdaptation(scope=args.scope or own.scope, optimizer=args.optimizer or own.optimizer,
+                                            lr=args.lr if args.lr is not None else own.lr))
     recordings = find_recordings(args.data, require_text=objective == SUPERVISED)
     adaptation = adapt_speaker(module, recordings, args.steps, objective)
     save_atomically(adaptation, args.output)
     refused = "" if adaptation["guard_kept"] else "; the collapse guard refused it, the unadapted weights are saved"
     print(
-        f"adapted {', '.join(module.scope)} on {adaptation['utterances']} utterances ({adaptation['seconds']:.1f} s), "
+        f"adapted {', '.join(adaptation['scope'])} ({module.test_time.optimizer}) on {adaptation['utterances']} utterances "
+        f"({adaptation['seconds']:.1f} s), "
         f"objective {objective}: support loss {adaptation['support_loss_before']:.3f} -> "
         f"{adaptation['support_loss_after']:.3f}{refused}; saved {args.output}"
     )

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from metaspeech.engine.batch import TaskBatch
+from metaspeech.engine.learner import Learner
 from metaspeech.errors import DataError
 from metaspeech.speech.audio import load_audio
 from metaspeech.speech.features import FeatureConfig, FeatureExtractor
@@ -132,7 +133,7 @@ def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: 
     after = float(module.adapter.loss(support, fast, objective).mean())
     return {
         "fast_weights": {name: w[0].clone() for name, w in fast.items()},
-        "scope": module.scope,
+        "scope": list(module.test_time.scope or module.scope),
         "model": module.model.init_config,
         "steps": steps,
         "objective": objective,
@@ -145,24 +146,29 @@ def adapt_speaker(module: MetaSpeechModule, recordings: list[Recording], steps: 
 
 
 def load_adaptation(path: str | Path, module: MetaSpeechModule) -> dict[str, Tensor]:
-    """Fast weights ``[1, ...]`` of a saved adaptation, checked against ``module``."""
+    """Fast weights ``[1, ...]`` of a saved adaptation, checked against ``module``: any scope of its recognizer
+    (``metaspeech adapt --scope``), each weight of its parameter's shape."""
     data = load_checkpoint_file(path, what="speaker adaptation", hint="create it with `metaspeech adapt`")
     if data.get("model") != module.model.init_config:
         raise CheckpointError(
             f"{path} was adapted from a different model ({data.get('model', {}).get('class_path')}); "
             "use the checkpoint it was created from"
         )
-    weights = dict(module.learner.init_weights())
-    missing = sorted(set(weights) - set(data["fast_weights"]))
-    if missing:
-        raise CheckpointError(f"{path} lacks adapted weights {missing[:3]}: its scope {data['scope']} != {module.scope}")
-    return {name: data["fast_weights"][name].unsqueeze(0).to(weights[name]) for name in weights}
+    parameters = dict(module.model.named_parameters())
+    saved = data.get("fast_weights", {})
+    misfit = sorted(n for n, w in saved.items() if n not in parameters or tuple(w.shape) != tuple(parameters[n].shape))
+    if misfit or not saved:
+        raise CheckpointError(f"{path} holds no adapted weights of this model's parameters ({misfit[:3]}): "
+                              "create it with `metaspeech adapt` from this checkpoint")
+    return {name: saved[name].unsqueeze(0).to(parameters[name]) for name in parameters if name in saved}
 
 
 def transcribe_files(module: MetaSpeechModule, recordings: list[Recording], adaptation: dict[str, Tensor] | None) -> list[str]:
-    """Transcripts of ``recordings`` by the recognizer's decoder (with a speaker adaptation if given)."""
+    """Transcripts of ``recordings`` by the recognizer's decoder (with a speaker adaptation of any scope if given)."""
     batch = featurize(recordings, module.feature_config, None)
-    return module.transcribe(batch, adaptation)[0]
+    if adaptation is None:
+        return module.transcribe(batch)[0]
+    return module.transcribe(batch, adaptation, Learner(module.model, module.model.loss, list(adaptation)))[0]
 
 
 def transcribe_transductive(module: MetaSpeechModule, recordings: list[Recording], steps: int, objective: str,

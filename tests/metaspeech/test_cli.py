@@ -111,6 +111,33 @@ def test_adapt_and_transcribe_a_held_out_speaker(trained_checkpoint, corpus_root
     assert [line.split("\t")[0] for line in lines] == wavs
 
 
+def test_adapt_the_whole_model_with_adam_then_transcribe_with_it(trained_checkpoint, corpus_root, tmp_path, capsys) -> None:
+    """``adapt --scope all --optimizer adam``: the test-time setting the benchmark's meta-val search chooses, from the CLI."""
+    from metaspeech.cli.inference import Recording, load_adaptation, load_module, transcribe_files
+    from metaspeech.evaluation.adapter import write_adapted_weights
+
+    folder = _held_out_speaker(corpus_root, tmp_path)
+    adaptation = tmp_path / "speaker.pt"
+    assert main(["adapt", "--checkpoint", str(trained_checkpoint), "--data", str(folder), "--output", str(adaptation),
+                 "--steps", "3", "--scope", "all", "--optimizer", "adam", "--lr", "1e-3"]) == 0
+    assert "adapted all (adam)" in capsys.readouterr().out
+    saved = torch.load(adaptation, weights_only=True)
+    module = load_module(trained_checkpoint)
+    assert saved["scope"] == ["all"] and set(saved["fast_weights"]) == {n for n, _ in module.model.named_parameters()}
+    assert saved["support_loss_after"] < saved["support_loss_before"]
+    wavs = sorted(folder.glob("*.wav"))
+    assert main(["transcribe", "--checkpoint", str(trained_checkpoint), "--adaptation", str(adaptation), *map(str, wavs)]) == 0
+    heard = [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines() if line]
+    recordings = [Recording(path, None) for path in wavs]
+    assert heard != transcribe_files(module, recordings, None)
+    write_adapted_weights(module.model, load_adaptation(adaptation, module))  # the adapted model, written out
+    assert heard == transcribe_files(module, recordings, None)
+    assert main(["adapt", "--checkpoint", str(trained_checkpoint), "--data", str(folder), "--output", str(tmp_path / "x.pt"),
+                 "--scope", "no_such_layer.*"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_layer" in err and "Traceback" not in err and not (tmp_path / "x.pt").exists()
+
+
 def test_adapt_without_transcripts_is_a_one_line_error(trained_checkpoint, corpus_root, tmp_path, capsys) -> None:
     folder = _held_out_speaker(corpus_root, tmp_path)
     next(folder.glob("*.txt")).unlink()
