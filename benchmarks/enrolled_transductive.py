@@ -11,7 +11,11 @@ oracle), on the held-out speakers:
   chosen s (what the protocol reports at that cell);
 - ``transductive``: each evaluation utterance adapted on itself from the unadapted model;
 - ``supervised + transductive``: the same, starting from the speaker's supervised adaptation
-  (``metaspeech transcribe --adaptation A --transductive``).
+  (``metaspeech transcribe --adaptation A --transductive``);
+- ``oracle`` and ``oracle + transductive``: the run's speaker oracle (its meta-val choice, refitted on each
+  speaker's oracle pool), alone and as the start of the transductive steps. The oracle adapts to a speaker,
+  not to each utterance, so a method with transductive steps is measured against both ceilings: the
+  speaker oracle, and the oracle with the same transductive steps (its gap is ``matched_gap_closed``).
 
 The transductive learning rate and steps (SGD on the training scope) are chosen on meta-val speakers,
 separately for each of the two starts, exactly as they run on test speakers. Prints a table per speaker
@@ -39,12 +43,14 @@ from metaspeech.cli.inference import load_module
 from metaspeech.engine.batch import EvaluationBatch
 from metaspeech.engine.learner import FastWeights, Learner
 from metaspeech.evaluation.adapter import FewShotAdapter, write_adapted_weights
+from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, word_errors
 from metaspeech.evaluation.test_time import TestTimeAdaptation
 from metaspeech.training.label_free import one_task_per_utterance, test_time_learning_rate
 
 UNADAPTED, SUPERVISED, TRANSDUCTIVE, BOTH = "unadapted", "supervised", "transductive", "supervised + transductive"
-CONDITIONS = (UNADAPTED, SUPERVISED, TRANSDUCTIVE, BOTH)
+ORACLE, ORACLE_BOTH = "oracle", "oracle + transductive"
+CONDITIONS = (UNADAPTED, SUPERVISED, TRANSDUCTIVE, BOTH, ORACLE, ORACLE_BOTH)
 ALL = "all held-out"
 
 
@@ -92,8 +98,9 @@ def choose_transductive(module: Any, val_items: Iterable[EvaluationBatch], shots
 
 
 def score_speakers(module: Any, test_items: Iterable[EvaluationBatch], shots: int, supervised_steps: int,
-                   choices: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
-    """``(word errors, words)`` of every test speaker under every condition: ``{condition: {task: counts}}``."""
+                   choices: dict[str, dict[str, Any]], oracle: SpeakerOracle | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+    """``(word errors, words)`` of every test speaker under every condition: ``{condition: {task: counts}}``. The oracle
+    conditions need ``oracle`` and the speaker's oracle pool; their transductive steps are those chosen for ``BOTH``."""
     counts: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in CONDITIONS}
     for item in test_items:
         references = item.evaluation.texts[0]
@@ -103,9 +110,13 @@ def score_speakers(module: Any, test_items: Iterable[EvaluationBatch], shots: in
         for name, start in ((TRANSDUCTIVE, None), (BOTH, fast)):
             chosen = choices[name]
             hypotheses[name] = transductive(module, item, start, chosen["learning_rate"], [chosen["steps"]])[chosen["steps"]]
-        for name in CONDITIONS:
-            counts[name][item.task] = word_errors(references, hypotheses[name])
-    return counts
+        if oracle is not None and item.oracle is not None:
+            hypotheses[ORACLE], fit = module.adapter.speaker_oracle(oracle, item.oracle, item.evaluation, module.tokenizer)
+            chosen = choices[BOTH]
+            hypotheses[ORACLE_BOTH] = transductive(module, item, fit.fast, chosen["learning_rate"], [chosen["steps"]])[chosen["steps"]]
+        for name, heard in hypotheses.items():
+            counts[name][item.task] = word_errors(references, heard)
+    return {name: by_task for name, by_task in counts.items() if by_task}
 
 
 def group_rows(counts: dict[str, dict[str, tuple[int, int]]], groups: dict[str, str],
@@ -124,12 +135,14 @@ def group_rows(counts: dict[str, dict[str, tuple[int, int]]], groups: dict[str, 
             return sum(counts[name][t][0] for t in of) / max(sum(counts[name][t][1] for t in of), 1)
 
         base = wer(UNADAPTED)
-        for name in CONDITIONS:
+        gap = base - oracle[group] if group in oracle else float("nan")
+        matched = base - wer(ORACLE_BOTH) if ORACLE_BOTH in counts else float("nan")
+        for name in [c for c in CONDITIONS if c in counts]:
             value = wer(name)
             worse = sum(wer(name, [t]) > wer(UNADAPTED, [t]) for t in tasks) / len(tasks)
-            gap = base - oracle[group] if group in oracle else float("nan")
             rows.append({"group": group, "condition": name, "wer": value, "relative_wer_reduction": 1 - value / base if base else 0.0,
                          "speakers_worse": worse, "gap_closed": (base - value) / gap if gap > 0 else float("nan"),
+                         "matched_gap_closed": (base - value) / matched if matched > 0 else float("nan"),
                          "oracle_wer": oracle.get(group, float("nan")), "speakers": len(tasks)})
     return rows
 
@@ -151,6 +164,16 @@ def chosen_test_time(report: dict[str, Any]) -> tuple[TestTimeAdaptation, int, i
     return TestTimeAdaptation(scope=scope, optimizer=chosen["optimizer"], lr=lr), selection["steps"], selection["shots"]
 
 
+def run_oracle(report: dict[str, Any]) -> SpeakerOracle | None:
+    """The run's speaker oracle at the (scope, learning rate) its meta-val search chose; None if it had none."""
+    settings = report["settings"].get("oracle") or {}
+    chosen = settings.get("chosen_on_meta_val")
+    if not chosen or not settings.get("max_steps"):
+        return None
+    return SpeakerOracle(scopes=[chosen["scope"].split(",")], learning_rates=[chosen["lr"]], max_steps=settings["max_steps"],
+                         eval_every=settings["eval_every"], dev_fraction=settings["dev_fraction"], patience=settings["patience"])
+
+
 def oracle_by_group(report: dict[str, Any], shots: int) -> dict[str, float]:
     """The run's speaker-oracle WER per group (and over all held-out speakers)."""
     def at(rows: list[dict[str, Any]]) -> float:
@@ -160,11 +183,13 @@ def oracle_by_group(report: dict[str, Any], shots: int) -> dict[str, float]:
 
 
 def markdown(rows: list[dict[str, Any]], spread: dict[tuple[str, str], float] | None = None) -> str:
-    lines = ["| speakers | condition | WER % | relative reduction | speakers worse | oracle gap closed |", "|---|---|---|---|---|---|"]
+    lines = ["| speakers | condition | WER % | relative reduction | speakers worse | speaker-oracle gap closed | "
+             "oracle + transductive gap closed |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         deviation = f" ± {100 * spread[(r['group'], r['condition'])]:.1f}" if spread else ""
         lines.append(f"| {r['group']} ({r['speakers']}) | {r['condition']} | {100 * r['wer']:.1f}{deviation} | "
-                     f"{100 * r['relative_wer_reduction']:+.1f} % | {100 * r['speakers_worse']:.0f} % | {100 * r['gap_closed']:.0f} % |")
+                     f"{100 * r['relative_wer_reduction']:+.1f} % | {100 * r['speakers_worse']:.0f} % | {100 * r['gap_closed']:.0f} % | "
+                     f"{100 * r['matched_gap_closed']:.0f} % |")
     return "\n".join(lines)
 
 
@@ -204,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     module.use_test_time(test_time)
     module.eval()
     choices = choose_transductive(module, data.val_dataloader(), shots, supervised_steps, args.learning_rates, args.steps)
-    counts = score_speakers(module, data.test_dataloader(), shots, supervised_steps, choices)
+    counts = score_speakers(module, data.test_dataloader(), shots, supervised_steps, choices, run_oracle(report))
     rows = group_rows(counts, data.task_groups("test"), oracle_by_group(report, shots))
     result = {"date_utc": datetime.now(timezone.utc).isoformat(), "commit": git_commit(),
               "command": ["python", "-m", "benchmarks.enrolled_transductive", *argv], "run": str(args.run),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from benchmarks import enrolled_transductive as bench
 from metaspeech.algorithms import FOMAML
+from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.evaluation.test_time import TestTimeAdaptation
 
 
 def test_each_condition_is_scored_and_the_transductive_search_reads_meta_val(tiny_data, tiny_module, tiny_trainer) -> None:
-    data = tiny_data(eval_pool_size=3, eval_size=3)
+    data = tiny_data(eval_pool_size=3, eval_size=3, oracle_pool_size=8)
     module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_time=TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3))
     tiny_trainer(max_steps=10, limit_val_batches=0).fit(module, datamodule=data)
     data.setup("test")
@@ -17,13 +18,16 @@ def test_each_condition_is_scored_and_the_transductive_search_reads_meta_val(tin
     assert set(choices) == {bench.TRANSDUCTIVE, bench.BOTH}
     assert all(c["learning_rate"] in (0.1, 0.5) and c["steps"] in (1, 2) and len(c["meta_val_wer"]) == 4 for c in choices.values())
 
+    oracle = SpeakerOracle(scopes=["all"], learning_rates=[1e-3], max_steps=4, eval_every=2)
     vanishing = {name: {"learning_rate": 1e-12, "steps": 1} for name in choices}
-    counts = bench.score_speakers(module, test_items, 3, 2, vanishing)
+    counts = bench.score_speakers(module, test_items, 3, 2, vanishing, oracle)
     assert set(counts) == set(bench.CONDITIONS) and all(set(c) == {i.task for i in test_items} for c in counts.values())
     assert counts[bench.TRANSDUCTIVE] == counts[bench.UNADAPTED]  # a vanishing step: each utterance stays where it started
     assert counts[bench.BOTH] == counts[bench.SUPERVISED]  # ... which for both is the speaker's supervised adaptation
+    assert counts[bench.ORACLE_BOTH] == counts[bench.ORACLE]  # ... and for the matched ceiling the speaker oracle
+    assert set(bench.score_speakers(module, test_items, 3, 2, vanishing)) == set(bench.CONDITIONS[:4])  # no oracle given
 
-    counts = bench.score_speakers(module, test_items, 3, 2, choices)
+    counts = bench.score_speakers(module, test_items, 3, 2, choices, oracle)
     groups = data.task_groups("test")
     rows = bench.group_rows(counts, groups, {bench.ALL: 0.0})
     overall = {r["condition"]: r for r in rows if r["group"] == bench.ALL}
@@ -33,6 +37,9 @@ def test_each_condition_is_scored_and_the_transductive_search_reads_meta_val(tin
     words = sum(counts[bench.BOTH][t][1] for t in counts[bench.BOTH] if groups.get(t) != bench.SEEN_SPEAKERS)
     assert overall[bench.BOTH]["wer"] == errors / words
     assert overall[bench.BOTH]["gap_closed"] == (overall[bench.UNADAPTED]["wer"] - errors / words) / overall[bench.UNADAPTED]["wer"]
+    matched = overall[bench.UNADAPTED]["wer"] - overall[bench.ORACLE_BOTH]["wer"]
+    if matched > 0:
+        assert overall[bench.ORACLE_BOTH]["matched_gap_closed"] == 1.0
     assert "| supervised + transductive |" in bench.markdown(rows)
 
 
@@ -41,8 +48,8 @@ def test_summarize_averages_every_cell_over_runs(tmp_path) -> None:
 
     for seed, wer in enumerate((0.30, 0.40)):
         row = {"group": "all held-out", "condition": bench.BOTH, "wer": wer, "relative_wer_reduction": 0.1 * (seed + 1),
-               "speakers_worse": 0.2, "gap_closed": 0.5, "oracle_wer": 0.2, "speakers": 20}
+               "speakers_worse": 0.2, "gap_closed": 0.5, "matched_gap_closed": 0.25, "oracle_wer": 0.2, "speakers": 20}
         (tmp_path / f"seed{seed}").mkdir()
         (tmp_path / f"seed{seed}" / "enrolled_transductive.json").write_text(json.dumps({"rows": [row]}))
     table = bench.summarize([tmp_path / "seed0", tmp_path / "seed1"])
-    assert "| all held-out (20) | supervised + transductive | 35.0 ± 7.1 | +15.0 % | 20 % | 50 % |" in table
+    assert "| all held-out (20) | supervised + transductive | 35.0 ± 7.1 | +15.0 % | 20 % | 50 % | 25 % |" in table
