@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     module.use_test_time(test_time)
     module.eval()
     choices = choose_transductive(module, data.val_dataloader(), shots, supervised_steps, args.learning_rates, args.steps)
-    counts = score_speakers(module, data.test_dataloader(), shots, supervised_steps, choices, None if args.skip_oracle else run_oracle(report))
+    oracle = None if args.skip_oracle else run_oracle(report)
+    counts = score_speakers(module, data.test_dataloader(), shots, supervised_steps, choices, oracle)
     rows = group_rows(counts, data.task_groups("test"), oracle_by_group(report, shots))
     result = {"date_utc": datetime.now(timezone.utc).isoformat(), "commit": git_commit(),
               "command": ["python", "-m", "benchmarks.enrolled_transductive", *argv], "run": str(args.run),
