@@ -135,9 +135,10 @@ def group_rows(counts: dict[str, dict[str, tuple[int, int]]], groups: dict[str, 
             return sum(counts[name][t][0] for t in of) / max(sum(counts[name][t][1] for t in of), 1)
 
         base = wer(UNADAPTED)
+        present = [c for c in CONDITIONS if all(t in counts.get(c, {}) for t in tasks)]  # no oracle without an oracle pool
         gap = base - oracle[group] if group in oracle else float("nan")
-        matched = base - wer(ORACLE_BOTH) if ORACLE_BOTH in counts else float("nan")
-        for name in [c for c in CONDITIONS if c in counts]:
+        matched = base - wer(ORACLE_BOTH) if ORACLE_BOTH in present else float("nan")
+        for name in present:
             value = wer(name)
             worse = sum(wer(name, [t]) > wer(UNADAPTED, [t]) for t in tasks) / len(tasks)
             rows.append({"group": group, "condition": name, "wer": value, "relative_wer_reduction": 1 - value / base if base else 0.0,
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     choices = choose_transductive(module, data.val_dataloader(), shots, supervised_steps, args.learning_rates, args.steps)
     oracle = None if args.skip_oracle else run_oracle(report)
     counts = score_speakers(module, data.test_dataloader(), shots, supervised_steps, choices, oracle)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "speakers.json").write_text(json.dumps(counts, indent=1))  # kept even if the summary below fails
     rows = group_rows(counts, data.task_groups("test"), oracle_by_group(report, shots))
     result = {"date_utc": datetime.now(timezone.utc).isoformat(), "commit": git_commit(),
               "command": ["python", "-m", "benchmarks.enrolled_transductive", *argv], "run": str(args.run),

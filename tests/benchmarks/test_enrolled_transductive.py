@@ -42,6 +42,12 @@ def test_each_condition_is_scored_and_the_transductive_search_reads_meta_val(tin
         assert overall[bench.ORACLE_BOTH]["matched_gap_closed"] == 1.0
     assert "| supervised + transductive |" in bench.markdown(rows)
 
+    without_pool = next(iter(counts[bench.ORACLE]))  # a speaker with no oracle pool (training speakers' new sentences)
+    partial = {name: {t: c for t, c in by_task.items() if not (name.startswith("oracle") and t == without_pool)}
+               for name, by_task in counts.items()}
+    rows = bench.group_rows(partial, {t: "mixed" for t in counts[bench.UNADAPTED]}, {})
+    assert {r["condition"] for r in rows} == set(bench.CONDITIONS[:4])  # no oracle row over speakers it did not fit
+
 
 def test_summarize_averages_every_cell_over_runs(tmp_path) -> None:
     import json
