@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip_oracle", action="store_true", help="leave out the two oracle conditions (their fits cost most)")
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
+        missing = [str(f) for f in args.summarize if not (f / "enrolled_transductive.json").is_file()]
+        if missing:
+            parser.error(f"no enrolled_transductive.json in {', '.join(missing)}: run the benchmark with --output there first")
         print(summarize(args.summarize))
         return 0
     if args.run is None:

@@ -59,3 +59,11 @@ def test_summarize_averages_every_cell_over_runs(tmp_path) -> None:
         (tmp_path / f"seed{seed}" / "enrolled_transductive.json").write_text(json.dumps({"rows": [row]}))
     table = bench.summarize([tmp_path / "seed0", tmp_path / "seed1"])
     assert "| all held-out (20) | supervised + transductive | 35.0 ± 7.1 | +15.0 % | 20 % | 50 % | 25 % |" in table
+
+
+def test_summarizing_a_folder_without_a_run_names_it(tmp_path, capsys) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--summarize", str(tmp_path / "seed9")])
+    assert stop.value.code == 2 and "seed9" in capsys.readouterr().err
