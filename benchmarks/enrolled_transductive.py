@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, help="a run folder with final.ckpt and adaptation_<name>.json")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="the run's model, if not <run>/final.ckpt")
     parser.add_argument("--summarize", nargs="+", type=Path, metavar="DIR", help="instead: average earlier outputs")
     parser.add_argument("--data", default="configs/data/embedded_small.yaml")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[0.05, 0.2, 0.5])
@@ -226,11 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is None:
         parser.error("--run is required (or --summarize DIR ...)")
     report = run_report(args.run)
+    checkpoint = args.checkpoint or args.run / "final.ckpt"
+    if not checkpoint.is_file():
+        parser.error(f"no checkpoint {checkpoint}: pass the run's model with --checkpoint")
     test_time, supervised_steps, shots = chosen_test_time(report)
     data = _cli("configs/joint.yaml", args.data, "configs/trainer/cpu.yaml", args.output, 0, [*QUICK_RUN, *overrides]).datamodule
     data.prepare_data()
     data.setup("test")
-    module = load_module(args.run / "final.ckpt")
+    module = load_module(checkpoint)
     module.use_test_time(test_time)
     module.eval()
     choices = choose_transductive(module, data.val_dataloader(), shots, supervised_steps, args.learning_rates, args.steps)

@@ -67,3 +67,15 @@ def test_summarizing_a_folder_without_a_run_names_it(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         bench.main(["--summarize", str(tmp_path / "seed9")])
     assert stop.value.code == 2 and "seed9" in capsys.readouterr().err
+
+
+def test_a_run_without_its_model_names_the_checkpoint(tmp_path, capsys) -> None:
+    import json
+
+    import pytest
+
+    (tmp_path / "adaptation_joint.json").write_text(json.dumps({"settings": {}}))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--run", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "final.ckpt" in err and "--checkpoint" in err
