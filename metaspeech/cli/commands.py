@@ -80,7 +80,8 @@ def adapt(argv: list[str]) -> int:
     parser.add_argument("--objective", default=None, choices=OBJECTIVES,
                         help="what adaptation minimizes: supervised (needs x.txt) or label-free, audio only (docs/label_free.md); "
                              "default: the objective the model was meta-trained to adapt with (its inner_objective), else supervised")
-    parser.add_argument("--lr", type=float, default=None, help="inner learning rate (default: the algorithm's eval_inner_lr)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="inner learning rate of every step and weight (default: the algorithm's own, eval_inner_lr or learned)")
     parser.add_argument("--scope", nargs="+", default=None,
                         help="the adapted parameters, presets or name globs (default: the training scope), e.g. all")
     parser.add_argument("--optimizer", default=None, choices=INNER_OPTIMIZERS,
