@@ -68,7 +68,8 @@ def transductive(module: Any, item: EvaluationBatch, start: FastWeights | None, 
     if start is not None:
         write_adapted_weights(recognizer, start)
     learner = Learner(recognizer, recognizer.loss, module.scope, objectives=recognizer.objective)
-    adapter = FewShotAdapter(recognizer, learner, module.algorithm, objective=objective, collapse_guard=module.collapse_guard)
+    adapter = FewShotAdapter(recognizer, learner, module.algorithm, objective=objective, collapse_guard=module.collapse_guard,
+                             from_model=start is not None)  # a HyperInit start is generated once, in the supervised part
     utterances = one_task_per_utterance(item.evaluation)
     with test_time_learning_rate(module.algorithm, learning_rate):
         adapted, _ = adapter.adapt_label_free(utterances, steps, objective)

@@ -137,6 +137,7 @@ def transcribe(argv: list[str]) -> int:
     if args.transductive:
         if adaptation is not None:  # the speaker's adaptation is where every recording's own adaptation starts
             write_adapted_weights(module.model, adaptation)
+            module.adapter.from_model = True
         module.algorithm.eval_inner_lr = args.lr
         texts = transcribe_transductive(module, recordings, args.steps, args.objective)
     else:

@@ -169,6 +169,12 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         """Where the inner loop starts for each task: the shared init, ``[T, *shape]``."""
         return learner.expand(learner.init_weights(), prepared.num_tasks)
 
+    def start(self, learner: Learner, prepared: PreparedTasks, loop: InnerLoop) -> FastWeights:
+        """Where ``loop`` starts: :meth:`initial_weights`, or the model's own weights if ``loop.from_model``."""
+        if loop.from_model:
+            return learner.expand(learner.init_weights(), prepared.num_tasks)
+        return self.initial_weights(learner, prepared)
+
     def step_size(self, step: int, name: str) -> float | Tensor:
         """Inner learning rate for ``name`` at inner step ``step`` (scalar or parameter-shaped)."""
         if self.training:
@@ -191,7 +197,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         loop = loop if loop is not None else self.inner_loop()
         prepared = support if isinstance(support, PreparedTasks) else learner.prepare(support)
         first_second_order_step = 0 if self.second_order_steps is None else loop.steps - self.second_order_steps
-        fast = self.initial_weights(learner, prepared)
+        fast = self.start(learner, prepared, loop)
         if loop.steps:
             prepared = learner.for_objective(prepared, fast, loop.objective)
         adaptation = Adaptation(fast=fast)

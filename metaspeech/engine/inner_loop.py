@@ -64,6 +64,10 @@ class InnerLoop:
         objective: the learner's objective the inner steps minimize (``Learner.objective``):
             ``supervised`` (the training loss), or a label-free one such as ``entropy``, which
             needs no targets, so the support set may be untranscribed.
+        from_model: start at the model's own weights of the scope instead of the plugin's
+            ``initial_weights`` (HyperInit's generated start). Why: a model into which a speaker's
+            adaptation was written already holds that speaker's start; generating on top of it
+            would apply the hypernetwork twice.
     """
 
     steps: int
@@ -73,6 +77,7 @@ class InnerLoop:
     optimizer: str = "sgd"
     lr: float | None = None
     objective: str = "supervised"
+    from_model: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in INNER_OPTIMIZERS:

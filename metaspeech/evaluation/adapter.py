@@ -9,6 +9,7 @@ loss scale, the tokenizer).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -40,12 +41,14 @@ class FewShotAdapter:
         objective: what test-time adaptation minimizes by default: ``supervised`` (needs transcripts) or a
             label-free objective of the recognizer (``entropy``, ``pseudo_label``: :mod:`~metaspeech.speech.objectives`).
         collapse_guard: checks every label-free adaptation (:mod:`~metaspeech.evaluation.collapse_guard`); None: off.
+        from_model: start every adaptation at the recognizer's own weights, not at the plugin's generated start
+            (``InnerLoop.from_model``): for a recognizer holding a speaker's adaptation (:func:`write_adapted_weights`).
     """
 
     def __init__(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, guard: str = "none",
                  test_time: TestTimeAdaptation | None = None, objective: str = SUPERVISED,
-                 collapse_guard: CollapseGuard | None = CollapseGuard()) -> None:
-        self.recognizer, self.algorithm = recognizer, algorithm
+                 collapse_guard: CollapseGuard | None = CollapseGuard(), from_model: bool = False) -> None:
+        self.recognizer, self.algorithm, self.from_model = recognizer, algorithm, from_model
         self.test_time = test_time if test_time is not None else TestTimeAdaptation()
         self.learner = self.test_time.learner(learner, algorithm)
         self.guard = check_guard(guard)
@@ -90,7 +93,7 @@ class FewShotAdapter:
             return trajectory, {s: torch.ones(support.num_tasks, dtype=torch.bool) for s in counts}
         with torch.no_grad():
             prepared = self.learner.prepare(support)
-            start = {n: w.detach() for n, w in self.algorithm.initial_weights(self.learner, prepared).items()}
+            start = {n: w.detach() for n, w in self._start(prepared).items()}
             before = self.learner.outputs(start, prepared)
             before_ids = self.recognizer.decode(before)
             guarded, kept = {}, {}
@@ -110,12 +113,18 @@ class FewShotAdapter:
         with torch.enable_grad():
             with torch.no_grad():
                 prepared = self.learner.prepare(support)
-            loop = self.test_time.loop(self.algorithm, max(counts), tuple(counts), objective)
+            loop = self._loop(max(counts), tuple(counts), objective)
             trajectory = self._run(prepared, loop, loss_scale)
             for missing in [s for s in counts if s not in trajectory]:  # an adapt override that does not record
-                trajectory[missing] = self._run(prepared, self.test_time.loop(self.algorithm, missing, (), objective),
-                                                loss_scale)[missing]
+                trajectory[missing] = self._run(prepared, self._loop(missing, (), objective), loss_scale)[missing]
         return {s: trajectory[s] for s in counts}
+
+    def _loop(self, steps: int, record: tuple[int, ...], objective: str) -> InnerLoop:
+        return replace(self.test_time.loop(self.algorithm, steps, record, objective), from_model=self.from_model)
+
+    def _start(self, prepared: PreparedTasks) -> FastWeights:
+        """Where this adapter's adaptations start (see ``from_model``), ``[T, ...]``."""
+        return self.algorithm.start(self.learner, prepared, self._loop(0, (), SUPERVISED))
 
     def _run(self, prepared: PreparedTasks, loop: InnerLoop, loss_scale: float) -> dict[int, FastWeights]:
         """One inner loop: its recorded trajectory, and the detached final weights under ``loop.steps``."""
@@ -135,8 +144,7 @@ class FewShotAdapter:
         label-free ``objective`` (its targets, e.g. pseudo-labels, taken from the start weights as adaptation does)."""
         prepared = self.learner.prepare(batch)
         if objective != SUPERVISED:
-            start = self.algorithm.initial_weights(self.learner, prepared)
-            prepared = self.learner.for_objective(prepared, start, objective)
+            prepared = self.learner.for_objective(prepared, self._start(prepared), objective)
         return self.learner.losses(fast, prepared, objective=objective)
 
     @torch.no_grad()

@@ -202,3 +202,29 @@ def test_written_adapted_weights_become_the_start_of_the_next_adaptation(adapter
     assert not all(torch.equal(p, dict(enrolled.named_parameters())[n]) for n, p in adapter.recognizer.named_parameters())
     with pytest.raises(KeyError, match="not.a.weight"):
         write_adapted_weights(enrolled, {"not.a.weight": fast[next(iter(fast))]})
+
+
+def test_an_adapter_from_the_model_does_not_generate_a_start_again(adapter_and_data) -> None:
+    """A recognizer holding a speaker's HyperInit adaptation starts there: the hypernetwork is not applied twice."""
+    import copy
+
+    from metaspeech.evaluation.adapter import write_adapted_weights
+
+    adapter, data = adapter_and_data
+    hyper = HyperInit(inner_steps=1, inner_lr=0.5, embedding_dim=8)
+    hyper.setup(adapter.learner)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in hyper.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    support = next(iter(data.train_dataloader())).support
+    enrolled_weights = FewShotAdapter(adapter.recognizer, adapter.learner, hyper).adapt(support, 2)
+    enrolled = copy.deepcopy(adapter.recognizer)
+    write_adapted_weights(enrolled, enrolled_weights, task=0)
+    learner = Learner(enrolled, enrolled.loss, ["lin", "lhuc", "head"], objectives=enrolled.objective)
+    again = FewShotAdapter(enrolled, learner, hyper).adapt(support, 0)  # would add a generated update on top
+    there = FewShotAdapter(enrolled, learner, hyper, from_model=True).adapt(support, 0)
+    assert all(torch.equal(there[name][0], enrolled_weights[name][0]) for name in there)
+    assert not all(torch.equal(again[name][0], enrolled_weights[name][0]) for name in again)
+    moved = FewShotAdapter(enrolled, learner, hyper, from_model=True, objective="entropy", collapse_guard=None).adapt(support, 2)
+    assert any(not torch.equal(moved[name], there[name]) for name in moved)
