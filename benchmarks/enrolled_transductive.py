@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.label_free import git_commit
+from benchmarks.label_free import git_commit, require_outputs
 from metaspeech.cli.experiment import QUICK_RUN, _cli
 from metaspeech.cli.inference import load_module
 from metaspeech.engine.batch import EvaluationBatch
@@ -220,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip_oracle", action="store_true", help="leave out the two oracle conditions (their fits cost most)")
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
-        missing = [str(f) for f in args.summarize if not (f / "enrolled_transductive.json").is_file()]
-        if missing:
-            parser.error(f"no enrolled_transductive.json in {', '.join(missing)}: run the benchmark with --output there first")
+        require_outputs(parser, args.summarize, "enrolled_transductive.json")
         print(summarize(args.summarize))
         return 0
     if args.run is None:

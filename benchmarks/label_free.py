@@ -145,6 +145,13 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def require_outputs(parser: argparse.ArgumentParser, folders: list[Path], name: str) -> None:
+    """A one-line error (exit status 2) naming every folder of ``folders`` without the benchmark output ``name``."""
+    missing = [str(f) for f in folders if not (f / name).is_file()]
+    if missing:
+        parser.error(f"no {name} in {', '.join(missing)}: run the benchmark with --output there first")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -161,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="results/label_free")
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
-        missing = [str(f) for f in args.summarize if not (f / "label_free.json").is_file()]
-        if missing:
-            parser.error(f"no label_free.json in {', '.join(missing)}: run the benchmark with --output there first")
+        require_outputs(parser, args.summarize, "label_free.json")
         print(summarize(args.summarize))
         return 0
     if not args.checkpoint:
