@@ -69,8 +69,9 @@ class HyperInit(MetaAlgorithm):
         eval_inner_lr: float | None = None,
         second_order_steps: int | None = None,
         inner_objective: str = "supervised",
+        transductive: bool = False,
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective)
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective, transductive)
         self.embedding_dim = embedding_dim
         self.rank = rank
         self.encoder: nn.Module | None = None

@@ -23,8 +23,9 @@ class MAML(MetaAlgorithm):
         eval_inner_lr: float | None = None,
         second_order_steps: int | None = None,
         inner_objective: str = "supervised",
+        transductive: bool = False,
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective)
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective, transductive)
 
 
 class FOMAML(MetaAlgorithm):
@@ -36,5 +37,7 @@ class FOMAML(MetaAlgorithm):
         inner_lr: float | Sequence[float] = 0.1,
         eval_inner_lr: float | None = None,
         inner_objective: str = "supervised",
+        transductive: bool = False,
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr, inner_objective=inner_objective)
+        super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr, inner_objective=inner_objective,
+                         transductive=transductive)

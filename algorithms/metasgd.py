@@ -27,9 +27,10 @@ class MetaSGD(MetaAlgorithm):
         per_step: bool = False,
         second_order_steps: int | None = None,
         inner_objective: str = "supervised",
+        transductive: bool = False,
     ) -> None:
         super().__init__(inner_steps, inner_lr, second_order, second_order_steps=second_order_steps,
-                         inner_objective=inner_objective)
+                         inner_objective=inner_objective, transductive=transductive)
         self.per_step = per_step
         self.learning_rates = nn.ParameterDict()
 

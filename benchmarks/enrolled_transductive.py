@@ -46,7 +46,7 @@ from metaspeech.evaluation.adapter import FewShotAdapter, write_adapted_weights
 from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, word_errors
 from metaspeech.evaluation.test_time import TestTimeAdaptation
-from metaspeech.training.label_free import one_task_per_utterance, test_time_learning_rate
+from metaspeech.training.label_free import test_time_learning_rate
 
 UNADAPTED, SUPERVISED, TRANSDUCTIVE, BOTH = "unadapted", "supervised", "transductive", "supervised + transductive"
 ORACLE, ORACLE_BOTH = "oracle", "oracle + transductive"
@@ -70,7 +70,7 @@ def transductive(module: Any, item: EvaluationBatch, start: FastWeights | None, 
     learner = Learner(recognizer, recognizer.loss, module.scope, objectives=recognizer.objective)
     adapter = FewShotAdapter(recognizer, learner, module.algorithm, objective=objective, collapse_guard=module.collapse_guard,
                              from_model=start is not None)  # a HyperInit start is generated once, in the supervised part
-    utterances = one_task_per_utterance(item.evaluation)
+    utterances = item.evaluation.per_utterance()
     with test_time_learning_rate(module.algorithm, learning_rate):
         adapted, _ = adapter.adapt_label_free(utterances, steps, objective)
     return {s: [task[0] for task in adapter.transcribe(utterances, module.tokenizer, adapted[s])] for s in steps}

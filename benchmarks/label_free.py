@@ -46,7 +46,6 @@ from metaspeech.training.label_free import (
     LabelFreeRow,
     choose_on_meta_val,
     evaluate_speaker,
-    one_task_per_utterance,
     report_rows,
     test_time_learning_rate,
 )
@@ -82,7 +81,7 @@ def single_utterance_cost(module: Any, test_items: list[Any], objective: str, st
     frame = module.feature_config.frame_shift_seconds
     with test_time_learning_rate(module.algorithm, learning_rate):
         for item in test_items:
-            singles = one_task_per_utterance(item.evaluation)
+            singles = item.evaluation.per_utterance()
             for index in range(singles.num_tasks):
                 if done == utterances:
                     break

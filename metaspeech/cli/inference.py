@@ -180,11 +180,9 @@ def transcribe_transductive(module: MetaSpeechModule, recordings: list[Recording
     weights; ``chunk`` recordings at a time run side by side as tasks ``[T = chunk, B = 1, ...]``, which gives the
     weights of one after the other. The collapse guard keeps a recording's unadapted weights where it fails.
     """
-    from metaspeech.training.label_free import one_task_per_utterance
-
     texts: list[str] = []
     for first in range(0, len(recordings), chunk):
-        batch = one_task_per_utterance(featurize(recordings[first:first + chunk], module.feature_config, None))
+        batch = featurize(recordings[first:first + chunk], module.feature_config, None).per_utterance()
         adapted, _ = module.adapter.adapt_label_free(batch, [steps], objective)
         texts += [task[0] for task in module.transcribe(batch, adapted[steps])]
     return texts

@@ -116,6 +116,10 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
             ``supervised``, or a label-free objective of the learner (``entropy``, ``pseudo_label``);
             the outer loss stays the supervised query loss, so the meta-learned start is one that
             label-free adaptation improves (MT3, Bartler et al. 2022).
+        transductive: the inner loop adapts every query utterance on itself, without its transcript (a label-free
+            ``inner_objective``), and the outer loss is that utterance's supervised loss after its own steps. Why:
+            it meta-trains for per-utterance test-time adaptation (``metaspeech transcribe --transductive``),
+            where the adaptation set *is* the utterance to transcribe; the support set is not read.
     """
 
     learns_inner_lr: ClassVar[bool] = False
@@ -130,6 +134,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         eval_inner_lr: float | None = None,
         second_order_steps: int | None = None,
         inner_objective: str = "supervised",
+        transductive: bool = False,
     ) -> None:
         super().__init__()
         key = "model.algorithm.init_args."
@@ -146,6 +151,19 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         self.eval_inner_lr = eval_inner_lr
         self.second_order_steps = second_order_steps
         self.inner_objective = inner_objective
+        self.transductive = transductive
+        self._check_transductive()
+
+    def _check_transductive(self) -> None:
+        key = "model.algorithm.init_args."
+        if not self.transductive:
+            return
+        if self.inner_objective == "supervised":
+            raise ConfigError(f"{key}transductive adapts each query utterance on itself, so it cannot read its transcript: "
+                              f"set {key}inner_objective to a label-free objective (entropy, pseudo_label)")
+        if type(self).outer_loss is not MetaAlgorithm.outer_loss:
+            raise ConfigError(f"{key}transductive: {type(self).__name__} has an outer loss of its own, which adapts on the "
+                              "support set; use maml, fomaml, metasgd or hyperinit")
 
     def setup(self, learner: Learner) -> None:
         """Create meta-parameters that depend on the adaptation scope (called once, before training)."""
@@ -217,10 +235,17 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
     def outer_loss(self, learner: Learner, batch: MetaBatch, loss_scale: float = 1.0) -> OuterResult:
         """MAML objective: mean query loss of the adapted fast weights over the T tasks.
 
-        ``loss_scale`` is the fp16 inner-loop loss scale of this step: pass it on to every inner loop.
+        ``loss_scale`` is the fp16 inner-loop loss scale of this step: pass it on to every inner loop. With
+        ``transductive``, the T x Q query utterances are T * Q tasks ``[T * Q, 1, ...]``, each adapted on its own
+        audio, and the loss is their mean.
         """
-        adaptation = self.adapt(learner, batch.support, self.inner_loop(loss_scale=loss_scale))
-        query_losses = learner.losses(adaptation.fast, learner.prepare(batch.query))
+        if self.transductive:
+            query = batch.query.per_utterance()
+            adaptation = self.adapt(learner, query.without_transcripts(), self.inner_loop(loss_scale=loss_scale))
+        else:
+            query = batch.query
+            adaptation = self.adapt(learner, batch.support, self.inner_loop(loss_scale=loss_scale))
+        query_losses = learner.losses(adaptation.fast, learner.prepare(query))
         return OuterResult(query_losses.mean(), query_losses.detach(), adaptation.inner_losses, adaptation.inner_grad_norms)
 
     @staticmethod

@@ -79,6 +79,26 @@ class TaskBatch:
             statistics=self.statistics[:, index] if self.statistics is not None else None,
         )
 
+    def per_utterance(self) -> "TaskBatch":
+        """``[T, B, ...]`` -> ``[T * B, 1, ...]``: every utterance becomes a task of its own, task by task.
+
+        Why: per-utterance (transductive) adaptation adapts each utterance on itself; as tasks of one batch
+        they run side by side and still get the weights each would get alone.
+        """
+        regroup = lambda t: t.reshape(t.shape[0] * t.shape[1], 1, *t.shape[2:])  # noqa: E731
+        return TaskBatch(
+            tuple(regroup(t) for t in self.inputs), tuple(regroup(t) for t in self.targets),
+            texts=[[text] for row in self.texts for text in row],
+            ids=[[i] for row in self.ids for i in row],
+            statistics=regroup(self.statistics) if self.statistics is not None else None,
+        )
+
+    def without_transcripts(self) -> "TaskBatch":
+        """This batch with empty targets and no texts: what label-free adaptation gets, so it cannot read a transcript."""
+        tokens = self.targets[0]
+        empty = tokens.new_zeros(*tokens.shape[:2], 0)
+        return TaskBatch(self.inputs, (empty, tokens.new_zeros(tokens.shape[:2])), ids=self.ids, statistics=self.statistics)
+
     @staticmethod
     def concat_examples(first: "TaskBatch", second: "TaskBatch") -> "TaskBatch":
         """Join two batches of the same tasks along the example axis (pads to the longer)."""

@@ -39,7 +39,7 @@ from lightning.pytorch.callbacks import Callback
 
 from metaspeech.datamodules.contract import HeldOutSpeakers
 from metaspeech.engine.algorithm import MetaAlgorithm
-from metaspeech.engine.batch import EvaluationBatch, TaskBatch
+from metaspeech.engine.batch import EvaluationBatch
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, AdaptationReport, UtteranceRecord, score_utterance
 from metaspeech.speech.objectives import LABEL_FREE, SUPERVISED
@@ -60,26 +60,6 @@ class LabelFreeRow:
     @property
     def name(self) -> str:
         return f"{TRANSDUCTIVE} {self.objective}" if self.transductive else self.objective
-
-
-def one_task_per_utterance(batch: TaskBatch) -> TaskBatch:
-    """``[1, B, ...]`` -> ``[B, 1, ...]``: every utterance of one task becomes a task of its own."""
-    if batch.num_tasks != 1:
-        raise ValueError(f"expected one task, got {batch.num_tasks}")
-    regroup = lambda t: t.reshape(t.shape[1], 1, *t.shape[2:])  # noqa: E731
-    return TaskBatch(
-        tuple(regroup(t) for t in batch.inputs), tuple(regroup(t) for t in batch.targets),
-        texts=[[text] for text in batch.texts[0]] if batch.texts else [],
-        ids=[[i] for i in batch.ids[0]] if batch.ids else [],
-        statistics=regroup(batch.statistics) if batch.statistics is not None else None,
-    )
-
-
-def without_transcripts(batch: TaskBatch) -> TaskBatch:
-    """``batch`` with empty targets and no texts: what label-free adaptation gets, so it cannot read a transcript."""
-    tokens = batch.targets[0]
-    empty = tokens.new_zeros(*tokens.shape[:2], 0)
-    return TaskBatch(batch.inputs, (empty, tokens.new_zeros(tokens.shape[:2])), ids=batch.ids, statistics=batch.statistics)
 
 
 @contextlib.contextmanager
@@ -129,10 +109,10 @@ def evaluate_speaker(module: L.LightningModule, item: EvaluationBatch, row: Labe
     scale = loss_scale(grad_scaler(module._trainer))
     frame_seconds = module.feature_config.frame_shift_seconds
     result = SpeakerResult(item.task, [], {}, {}, 0.0, 0.0)
-    supports = [(TRANSDUCTIVE_SHOTS, one_task_per_utterance(item.evaluation))] if row.transductive else \
+    supports = [(TRANSDUCTIVE_SHOTS, item.evaluation.per_utterance())] if row.transductive else \
         [(k, item.pool.take(min(k, item.pool.examples_per_task))) for k in shots]
     for k, support in supports:
-        support = support if row.objective == SUPERVISED else without_transcripts(support)
+        support = support if row.objective == SUPERVISED else support.without_transcripts()
         start = time.perf_counter()
         if row.objective == SUPERVISED:
             adapted = module.adapter.adapt_along(support, counts, scale, SUPERVISED)

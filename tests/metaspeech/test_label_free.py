@@ -10,7 +10,7 @@ import torch
 
 from metaspeech.algorithms import FOMAML
 from metaspeech.errors import ConfigError
-from metaspeech.training.label_free import LabelFreeEvaluation, LabelFreeRow, choose_on_meta_val, one_task_per_utterance
+from metaspeech.training.label_free import LabelFreeEvaluation, LabelFreeRow, choose_on_meta_val
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,10 @@ def trained(tmp_path_factory, corpus_root, feature_cache):
     return module, data
 
 
-def test_one_task_per_utterance_regroups_a_speaker(trained) -> None:
+def test_per_utterance_regroups_a_speaker(trained) -> None:
     _, data = trained
     item = next(iter(data.test_dataloader()))
-    regrouped = one_task_per_utterance(item.evaluation)
+    regrouped = item.evaluation.per_utterance()
     b = item.evaluation.examples_per_task
     assert regrouped.num_tasks == b and regrouped.examples_per_task == 1
     assert torch.equal(regrouped.inputs[0][2, 0], item.evaluation.inputs[0][0, 2])

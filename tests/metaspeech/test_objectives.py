@@ -13,7 +13,6 @@ from metaspeech.evaluation.adapter import FewShotAdapter
 from metaspeech.evaluation.collapse_guard import CollapseGuard, agreement, blank_ratio, edit_distance
 from metaspeech.models import BiLSTMCTC
 from metaspeech.speech.objectives import EntropyObjective, PseudoLabelObjective, class_confusion, frame_entropy, mean_confidence
-from metaspeech.training.label_free import without_transcripts
 
 TINY = dict(vocab_size=29, input_dim=80, d_model=16, hidden_dim=12, num_layers=1, adapter_dim=4, dropout=0.0)
 
@@ -65,7 +64,7 @@ def support(corpus_root, feature_cache) -> TaskBatch:
 
 def _unlabelled(batch: TaskBatch) -> TaskBatch:
     """The batch with its transcripts removed: label-free objectives must not read them."""
-    unlabelled = without_transcripts(batch)
+    unlabelled = batch.without_transcripts()
     assert unlabelled.targets[0].shape[-1] == 0 and not unlabelled.texts and unlabelled.targets[1].sum() == 0
     return unlabelled
 
