@@ -18,7 +18,10 @@ oracle), on the held-out speakers:
   speaker oracle, and the oracle with the same transductive steps (its gap is ``matched_gap_closed``).
 
 The transductive learning rate and steps (SGD on the training scope) are chosen on meta-val speakers,
-separately for each of the two starts, exactly as they run on test speakers. Prints a table per speaker
+separately for each of the two starts, exactly as they run on test speakers. With ``--transductive_checkpoint``,
+the transductive steps are those of a plugin meta-trained for them over the run's frozen model (Meta-SGD with
+``transductive: true`` and ``freeze_recognizer``, ``configs/metasgd_transductive.yaml``): its learned rates
+replace the searched one, and only the steps are chosen. Prints a table per speaker
 group (WER, relative reduction vs unadapted, speakers made worse, share of the speaker-oracle gap closed)
 and writes JSON with the date, the commit and the command::
 
@@ -37,16 +40,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
+
 from benchmarks.label_free import git_commit, require_outputs
 from metaspeech.cli.experiment import QUICK_RUN, _cli
 from metaspeech.cli.inference import load_module
+from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch
 from metaspeech.engine.learner import FastWeights, Learner
 from metaspeech.evaluation.adapter import FewShotAdapter, write_adapted_weights
 from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, word_errors
 from metaspeech.evaluation.test_time import TestTimeAdaptation
-from metaspeech.training.label_free import test_time_learning_rate
+from metaspeech.training.label_free import learns_its_step_size, test_time_learning_rate
 
 UNADAPTED, SUPERVISED, TRANSDUCTIVE, BOTH = "unadapted", "supervised", "transductive", "supervised + transductive"
 ORACLE, ORACLE_BOTH = "oracle", "oracle + transductive"
@@ -59,28 +65,34 @@ def supervised(module: Any, item: EvaluationBatch, shots: int, steps: int) -> Fa
     return module.adapter.adapt(item.pool.take(min(shots, item.pool.examples_per_task)), steps)
 
 
-def transductive(module: Any, item: EvaluationBatch, start: FastWeights | None, learning_rate: float, steps: list[int],
-                 objective: str = "entropy") -> dict[int, list[str]]:
+def transductive(module: Any, item: EvaluationBatch, start: FastWeights | None, learning_rate: float | None, steps: list[int],
+                 objective: str = "entropy", algorithm: MetaAlgorithm | None = None) -> dict[int, list[str]]:
     """Hypotheses of ``item``'s evaluation utterances, each adapted on itself for every count in ``steps``, from
     ``start`` (a speaker's adaptation ``[1, ...]``; None: the unadapted model). SGD on the training scope at
-    ``learning_rate``, the collapse guard on, as ``metaspeech transcribe --transductive`` runs it."""
+    ``learning_rate`` (None: ``algorithm``'s learned rates), the collapse guard on, as ``metaspeech transcribe
+    --transductive`` runs it. ``algorithm`` (default: the module's) takes the steps."""
+    algorithm = algorithm if algorithm is not None else module.algorithm
     recognizer = copy.deepcopy(module.model)
     if start is not None:
         write_adapted_weights(recognizer, start)
     learner = Learner(recognizer, recognizer.loss, module.scope, objectives=recognizer.objective)
-    adapter = FewShotAdapter(recognizer, learner, module.algorithm, objective=objective, collapse_guard=module.collapse_guard,
+    adapter = FewShotAdapter(recognizer, learner, algorithm, objective=objective, collapse_guard=module.collapse_guard,
                              from_model=start is not None)  # a HyperInit start is generated once, in the supervised part
     utterances = item.evaluation.per_utterance()
-    with test_time_learning_rate(module.algorithm, learning_rate):
+    with test_time_learning_rate(algorithm, learning_rate):
         adapted, _ = adapter.adapt_label_free(utterances, steps, objective)
     return {s: [task[0] for task in adapter.transcribe(utterances, module.tokenizer, adapted[s])] for s in steps}
 
 
 def choose_transductive(module: Any, val_items: Iterable[EvaluationBatch], shots: int, supervised_steps: int,
-                        learning_rates: list[float], steps: list[int]) -> dict[str, dict[str, Any]]:
+                        learning_rates: list[float], steps: list[int],
+                        algorithm: MetaAlgorithm | None = None) -> dict[str, dict[str, Any]]:
     """For each start (the unadapted model, the speaker's supervised adaptation), the transductive (learning rate,
-    steps) of lowest corpus WER over the meta-val speakers ``val_items``; ties go to fewer steps, then the smaller rate."""
-    errors: dict[tuple[str, float, int], int] = {}
+    steps) of lowest corpus WER over the meta-val speakers ``val_items``; ties go to fewer steps, then the smaller rate.
+    An ``algorithm`` that learns its rates (Meta-SGD) takes the steps with them: only the steps are chosen."""
+    if algorithm is not None and learns_its_step_size(algorithm):
+        learning_rates = [None]
+    errors: dict[tuple[str, float | None, int], int] = {}
     words = 0
     for item in val_items:
         references = item.evaluation.texts[0]
@@ -88,20 +100,23 @@ def choose_transductive(module: Any, val_items: Iterable[EvaluationBatch], shots
         starts = {TRANSDUCTIVE: None, BOTH: supervised(module, item, shots, supervised_steps)}
         for name, start in starts.items():
             for lr in learning_rates:
-                for s, hypotheses in transductive(module, item, start, lr, steps).items():
+                for s, hypotheses in transductive(module, item, start, lr, steps, algorithm=algorithm).items():
                     errors[(name, lr, s)] = errors.get((name, lr, s), 0) + word_errors(references, hypotheses)[0]
     choices = {}
     for name in (TRANSDUCTIVE, BOTH):
         wer = {(lr, s): count / max(words, 1) for (start, lr, s), count in errors.items() if start == name}
-        lr, s = min(wer, key=lambda key: (wer[key], key[1], key[0]))
-        choices[name] = {"learning_rate": lr, "steps": s, "meta_val_wer": {f"lr={k[0]} s={k[1]}": v for k, v in wer.items()}}
+        lr, s = min(wer, key=lambda key: (wer[key], key[1], key[0] or 0.0))
+        choices[name] = {"learning_rate": lr, "steps": s,
+                         "meta_val_wer": {f"lr={'learned' if k[0] is None else k[0]} s={k[1]}": v for k, v in wer.items()}}
     return choices
 
 
 def score_speakers(module: Any, test_items: Iterable[EvaluationBatch], shots: int, supervised_steps: int,
-                   choices: dict[str, dict[str, Any]], oracle: SpeakerOracle | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+                   choices: dict[str, dict[str, Any]], oracle: SpeakerOracle | None = None,
+                   algorithm: MetaAlgorithm | None = None) -> dict[str, dict[str, tuple[int, int]]]:
     """``(word errors, words)`` of every test speaker under every condition: ``{condition: {task: counts}}``. The oracle
-    conditions need ``oracle`` and the speaker's oracle pool; their transductive steps are those chosen for ``BOTH``."""
+    conditions need ``oracle`` and the speaker's oracle pool; their transductive steps are those chosen for ``BOTH``,
+    taken by ``algorithm`` (default: the module's)."""
     counts: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in CONDITIONS}
     for item in test_items:
         references = item.evaluation.texts[0]
@@ -110,11 +125,13 @@ def score_speakers(module: Any, test_items: Iterable[EvaluationBatch], shots: in
         hypotheses = {UNADAPTED: module.transcribe(item.evaluation, start)[0], SUPERVISED: module.transcribe(item.evaluation, fast)[0]}
         for name, start in ((TRANSDUCTIVE, None), (BOTH, fast)):
             chosen = choices[name]
-            hypotheses[name] = transductive(module, item, start, chosen["learning_rate"], [chosen["steps"]])[chosen["steps"]]
+            hypotheses[name] = transductive(module, item, start, chosen["learning_rate"], [chosen["steps"]],
+                                            algorithm=algorithm)[chosen["steps"]]
         if oracle is not None and item.oracle is not None:
             hypotheses[ORACLE], fit = module.adapter.speaker_oracle(oracle, item.oracle, item.evaluation, module.tokenizer)
             chosen = choices[BOTH]
-            hypotheses[ORACLE_BOTH] = transductive(module, item, fit.fast, chosen["learning_rate"], [chosen["steps"]])[chosen["steps"]]
+            hypotheses[ORACLE_BOTH] = transductive(module, item, fit.fast, chosen["learning_rate"], [chosen["steps"]],
+                                                   algorithm=algorithm)[chosen["steps"]]
         for name, heard in hypotheses.items():
             counts[name][item.task] = word_errors(references, heard)
     return {name: by_task for name, by_task in counts.items() if by_task}
@@ -207,6 +224,15 @@ def summarize(folders: list[Path]) -> str:
     return markdown(mean_rows, spread)
 
 
+def transductive_plugin(module: Any, checkpoint: Path) -> MetaAlgorithm | None:
+    """The plugin of ``checkpoint``, meta-trained for transductive steps, if its recognizer and scope are ``module``'s
+    bit for bit (``model.freeze_recognizer`` from that model); else None, as its rates were learned for another model."""
+    trained = load_module(checkpoint)
+    mine, theirs = module.model.state_dict(), trained.model.state_dict()
+    same = mine.keys() == theirs.keys() and all(torch.equal(mine[name], theirs[name]) for name in mine)
+    return trained.algorithm if same and trained.scope == module.scope else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -218,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10], help="transductive step counts searched")
     parser.add_argument("--output", type=Path, default=Path("results/enrolled"))
     parser.add_argument("--skip_oracle", action="store_true", help="leave out the two oracle conditions (their fits cost most)")
+    parser.add_argument("--transductive_checkpoint", type=Path, default=None,
+                        help="a plugin meta-trained for the transductive steps over the run's frozen model "
+                             "(configs/metasgd_transductive.yaml); its learned rates take those steps")
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
         require_outputs(parser, args.summarize, "enrolled_transductive.json")
@@ -236,14 +265,22 @@ def main(argv: list[str] | None = None) -> int:
     module = load_module(checkpoint)
     module.use_test_time(test_time)
     module.eval()
-    choices = choose_transductive(module, data.val_dataloader(), shots, supervised_steps, args.learning_rates, args.steps)
+    algorithm = None
+    if args.transductive_checkpoint is not None:
+        algorithm = transductive_plugin(module, args.transductive_checkpoint)
+        if algorithm is None:
+            parser.error(f"{args.transductive_checkpoint} does not hold {checkpoint}'s recognizer and scope: meta-train it "
+                         f"from that model with model.freeze_recognizer (configs/metasgd_transductive.yaml)")
+    choices = choose_transductive(module, data.val_dataloader(), shots, supervised_steps, args.learning_rates, args.steps,
+                                  algorithm)
     oracle = None if args.skip_oracle else run_oracle(report)
-    counts = score_speakers(module, data.test_dataloader(), shots, supervised_steps, choices, oracle)
+    counts = score_speakers(module, data.test_dataloader(), shots, supervised_steps, choices, oracle, algorithm)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "speakers.json").write_text(json.dumps(counts, indent=1))  # kept even if the summary below fails
     rows = group_rows(counts, data.task_groups("test"), oracle_by_group(report, shots))
     result = {"date_utc": datetime.now(timezone.utc).isoformat(), "commit": git_commit(),
               "command": ["python", "-m", "benchmarks.enrolled_transductive", *argv], "run": str(args.run),
+              "transductive_checkpoint": str(args.transductive_checkpoint) if args.transductive_checkpoint else None,
               "supervised": {**test_time.describe(), "steps": supervised_steps, "shots": shots}, "transductive": choices,
               "rows": rows, "speakers": {name: {t: list(c) for t, c in by_task.items()} for name, by_task in counts.items()}}
     args.output.mkdir(parents=True, exist_ok=True)

@@ -79,3 +79,38 @@ def test_a_run_without_its_model_names_the_checkpoint(tmp_path, capsys) -> None:
         bench.main(["--run", str(tmp_path)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "final.ckpt" in err and "--checkpoint" in err
+
+
+def test_a_plugin_meta_trained_for_the_transductive_steps_takes_them_with_its_learned_rates(
+        tiny_data, tiny_module, tiny_trainer, tmp_path) -> None:
+    import torch
+
+    from metaspeech.algorithms import MetaSGD
+    from metaspeech.cli.inference import load_module
+
+    data = tiny_data(eval_pool_size=3, eval_size=3)
+    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5), test_time=TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3))
+    trainer = tiny_trainer(max_steps=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    learned = tiny_module(MetaSGD(inner_steps=2, inner_lr=0.3, second_order=False, inner_objective="entropy", transductive=True),
+                          freeze_recognizer=True, init_from=str(tmp_path / "run.ckpt"))
+    trainer = tiny_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(learned, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "transductive.ckpt")
+
+    run = load_module(tmp_path / "run.ckpt")
+    plugin = bench.transductive_plugin(run, tmp_path / "transductive.ckpt")
+    assert isinstance(plugin, MetaSGD)
+    assert bench.transductive_plugin(tiny_module(FOMAML()), tmp_path / "transductive.ckpt") is None  # another model
+
+    data.setup("test")
+    choices = bench.choose_transductive(run, list(data.val_dataloader()), 3, 2, [0.1, 0.5], [1, 2], plugin)
+    assert all(c["learning_rate"] is None and set(c["meta_val_wer"]) == {"lr=learned s=1", "lr=learned s=2"}
+               for c in choices.values())  # only the steps are chosen
+    with torch.no_grad():
+        for rate in plugin.learning_rates.values():
+            rate.zero_()
+    counts = bench.score_speakers(run, list(data.test_dataloader()), 3, 2, choices, algorithm=plugin)
+    assert counts[bench.TRANSDUCTIVE] == counts[bench.UNADAPTED]  # zero learned rates: the plugin's, not a searched one
+    assert counts[bench.BOTH] == counts[bench.SUPERVISED]

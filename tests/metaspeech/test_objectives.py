@@ -170,3 +170,49 @@ def test_model_test_objective_makes_module_adapt_label_free(tiny_module, support
     fast = module.adapt(unlabelled, 3)
     assert any(not torch.equal(fast[n], start[n]) for n in fast)
     assert (module.adapter.loss(unlabelled, fast, "entropy") < module.adapter.loss(unlabelled, start, "entropy")).all()
+
+
+def test_a_transductive_plugin_adapts_each_query_utterance_on_itself_without_its_transcript(support: TaskBatch) -> None:
+    torch.manual_seed(0)
+    recognizer = BiLSTMCTC(**TINY)
+    learner = Learner(recognizer, recognizer.loss, ["lhuc", "head"], objectives=recognizer.objective)
+    algorithm = MetaSGD(inner_steps=2, inner_lr=0.3, second_order=False, inner_objective="entropy", transductive=True)
+    algorithm.setup(learner)
+    unread = TaskBatch(tuple(t[:, :1] * 0 for t in support.inputs), tuple(t[:, :1] for t in support.targets))
+    result = algorithm.outer_loss(learner, MetaBatch(support=unread, query=support))
+    alone = []
+    for task in range(support.num_tasks):
+        for example in range(support.examples_per_task):
+            utterance = support.task(task).select([example])
+            fast = algorithm.adapt(learner, utterance.without_transcripts()).fast
+            alone.append(learner.losses(fast, learner.prepare(utterance)).detach())
+    torch.testing.assert_close(result.query_losses, torch.cat(alone), rtol=1e-5, atol=1e-6)
+
+    other_transcripts = TaskBatch(support.inputs, tuple(t.flip(0) for t in support.targets))
+    swapped = algorithm.outer_loss(learner, MetaBatch(support=unread, query=other_transcripts))
+    for read, unchanged in zip(result.inner_losses, swapped.inner_losses):  # the steps never read a transcript
+        torch.testing.assert_close(read, unchanged)
+    assert not torch.allclose(result.query_losses, swapped.query_losses)  # the outer loss does
+    result.loss.backward()
+    rates = [p.grad for p in algorithm.learning_rates.values()]
+    assert all(g is not None and torch.isfinite(g).all() for g in rates) and any(g.abs().sum() > 0 for g in rates)
+
+
+def test_transductive_meta_training_needs_a_label_free_inner_loop_and_the_base_outer_loss() -> None:
+    with pytest.raises(ConfigError, match="model.algorithm.init_args.inner_objective"):
+        FOMAML(transductive=True)
+
+    class OwnOuterLoss(FOMAML):
+        def outer_loss(self, learner, batch, loss_scale=1.0):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ConfigError, match="OwnOuterLoss has an outer loss of its own"):
+        OwnOuterLoss(inner_objective="entropy", transductive=True)
+
+
+def test_per_utterance_makes_every_utterance_of_every_task_a_task(support: TaskBatch) -> None:
+    singles = support.per_utterance()
+    assert singles.num_tasks == support.num_tasks * support.examples_per_task and singles.examples_per_task == 1
+    assert torch.equal(singles.inputs[0][4, 0], support.inputs[0][1, 1])  # task 1, utterance 1 of 3
+    assert singles.texts[4] == [support.texts[1][1]] and singles.ids[4] == [support.ids[1][1]]
+    assert torch.equal(singles.targets[1].flatten(), support.targets[1].flatten())
