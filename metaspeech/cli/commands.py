@@ -110,6 +110,10 @@ def adapt(argv: list[str]) -> int:
     return 0
 
 
+TRANSDUCTIVE_LR = 0.5
+"""``transcribe --transductive``'s default SGD rate: what meta-val chose for the demo's joint model (BENCHMARKS.md §2)."""
+
+
 @command("transcribe")
 def transcribe(argv: list[str]) -> int:
     """Transcribe audio files, optionally with a speaker adaptation from `metaspeech adapt`."""
@@ -123,22 +127,27 @@ def transcribe(argv: list[str]) -> int:
                              "--adaptation if given (docs/label_free.md)")
     parser.add_argument("--objective", default="entropy", choices=LABEL_FREE, help="the --transductive objective")
     parser.add_argument("--steps", type=_positive, default=5, help="--transductive inner steps per recording")
-    parser.add_argument("--lr", type=float, default=0.5, help="--transductive inner learning rate")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="--transductive SGD learning rate on the training scope (default: 0.5, or the rates a "
+                             "Meta-SGD checkpoint learned, e.g. configs/metasgd_transductive.yaml)")
     parser.add_argument("audio", nargs="+", help="audio files or folders")
     args = parser.parse_args(argv)
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     from metaspeech.cli.inference import find_recordings, load_adaptation, load_module, transcribe_files, transcribe_transductive
     from metaspeech.evaluation.adapter import write_adapted_weights
+    from metaspeech.evaluation.test_time import TestTimeAdaptation
+    from metaspeech.training.label_free import learns_its_step_size
 
     module = load_module(args.checkpoint)
     adaptation = load_adaptation(args.adaptation, module) if args.adaptation else None
     recordings = [r for source in args.audio for r in find_recordings(source, require_text=False)]
-    if args.transductive:
+    if args.transductive:  # SGD on the training scope, whatever test-time setting the checkpoint carries for speakers
+        learned = args.lr is None and learns_its_step_size(module.algorithm)
+        module.use_test_time(TestTimeAdaptation(lr=None if learned else args.lr or TRANSDUCTIVE_LR))
         if adaptation is not None:  # the speaker's adaptation is where every recording's own adaptation starts
             write_adapted_weights(module.model, adaptation)
             module.adapter.from_model = True
-        module.algorithm.eval_inner_lr = args.lr
         texts = transcribe_transductive(module, recordings, args.steps, args.objective)
     else:
         texts = transcribe_files(module, recordings, adaptation)

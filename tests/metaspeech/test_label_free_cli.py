@@ -116,3 +116,20 @@ def test_transductive_transcription_refuses_steps_or_a_rate_that_cannot_adapt(ch
     for option, value in (("--steps", "0"), ("--lr", "-1")):
         result = run("transcribe", "--checkpoint", str(checkpoint), "--transductive", option, value, str(audio_only))
         assert_one_line_error(result, option)
+
+
+def test_a_model_meta_trained_for_transductive_steps_takes_them_with_its_learned_rates(
+        checkpoint: Path, corpus_root, feature_cache, audio_only: Path, tmp_path: Path) -> None:
+    """``configs/metasgd_transductive.yaml`` over a trained model: ``transcribe --transductive`` uses its learned rates
+    unless ``--lr`` replaces them, and the recognizer without adaptation stays the model it started from."""
+    fitted = run("fit", *tiny_data(corpus_root, feature_cache), "--config", str(REPO / "configs/metasgd_transductive.yaml"),
+                 *TINY, *QUIET, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2",
+                 "--trainer.limit_val_batches=0", f"--model.init_from={checkpoint}", "--model.algorithm.init_args.inner_lr=2.0")
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    learned = sorted(tmp_path.rglob("*.ckpt"))[-1]
+    plain = run("transcribe", "--checkpoint", str(learned), str(audio_only))
+    assert plain.returncode == 0 and plain.stdout == run("transcribe", "--checkpoint", str(checkpoint), str(audio_only)).stdout
+    own = run("transcribe", "--checkpoint", str(learned), "--transductive", "--steps", "3", str(audio_only))
+    replaced = run("transcribe", "--checkpoint", str(learned), "--transductive", "--steps", "1", "--lr", "1e-12", str(audio_only))
+    assert own.returncode == 0 and replaced.returncode == 0, own.stderr[-3000:]
+    assert replaced.stdout == plain.stdout and own.stdout != plain.stdout
