@@ -66,7 +66,7 @@ class OuterResult:
     """What one outer step produced.
 
     ``loss`` is the scalar to backpropagate; ``query_losses [T]`` the post-adaptation
-    query losses (detached) for logging; ``inner_losses`` / ``inner_grad_norms`` as in :class:`Adaptation`.
+    query losses (detached) for logging, ``[T * Q]`` for a transductive plugin (one per query utterance); ``inner_losses`` / ``inner_grad_norms`` as in :class:`Adaptation`.
     """
 
     loss: Tensor
