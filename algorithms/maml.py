@@ -24,8 +24,10 @@ class MAML(MetaAlgorithm):
         second_order_steps: int | None = None,
         inner_objective: str = "supervised",
         transductive: bool = False,
+        inner_optimizer: str = "sgd",
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective, transductive)
+        super().__init__(inner_steps, inner_lr, second_order, eval_inner_lr, second_order_steps, inner_objective, transductive,
+                         inner_optimizer)
 
 
 class FOMAML(MetaAlgorithm):
@@ -38,6 +40,7 @@ class FOMAML(MetaAlgorithm):
         eval_inner_lr: float | None = None,
         inner_objective: str = "supervised",
         transductive: bool = False,
+        inner_optimizer: str = "sgd",
     ) -> None:
         super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr, inner_objective=inner_objective,
-                         transductive=transductive)
+                         transductive=transductive, inner_optimizer=inner_optimizer)

@@ -28,8 +28,9 @@ class Reptile(MetaAlgorithm):
         inner_steps: int = 5,
         inner_lr: float | Sequence[float] = 0.1,
         eval_inner_lr: float | None = None,
+        inner_optimizer: str = "sgd",
     ) -> None:
-        super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr)
+        super().__init__(inner_steps, inner_lr, second_order=False, eval_inner_lr=eval_inner_lr, inner_optimizer=inner_optimizer)
 
     def outer_loss(self, learner: Learner, batch: MetaBatch, loss_scale: float = 1.0) -> OuterResult:
         examples = TaskBatch.concat_examples(batch.support, batch.query)

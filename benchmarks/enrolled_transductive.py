@@ -47,6 +47,7 @@ from metaspeech.cli.experiment import QUICK_RUN, _cli
 from metaspeech.cli.inference import load_module
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch
+from metaspeech.engine.inner_loop import INNER_OPTIMIZERS
 from metaspeech.engine.learner import FastWeights, Learner
 from metaspeech.evaluation.adapter import FewShotAdapter, write_adapted_weights
 from metaspeech.evaluation.oracle import SpeakerOracle
@@ -180,7 +181,8 @@ def chosen_test_time(report: dict[str, Any]) -> tuple[TestTimeAdaptation, int, i
     chosen = selection["chosen"]
     scope = None if chosen["scope"] == "training scope" else chosen["scope"].split(",")
     lr = chosen["lr"] if isinstance(chosen["lr"], float) else None
-    return TestTimeAdaptation(scope=scope, optimizer=chosen["optimizer"], lr=lr), selection["steps"], selection["shots"]
+    optimizer = chosen["optimizer"] if chosen["optimizer"] in INNER_OPTIMIZERS else None  # None: the algorithm's own
+    return TestTimeAdaptation(scope=scope, optimizer=optimizer, lr=lr), selection["steps"], selection["shots"]
 
 
 def run_oracle(report: dict[str, Any]) -> SpeakerOracle | None:

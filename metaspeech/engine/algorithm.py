@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from metaspeech.engine.batch import MetaBatch, TaskBatch
 from metaspeech.engine.config import RecordsInitArgs, check_at_least, check_positive
-from metaspeech.engine.inner_loop import InnerGradientOverflowError, InnerLoop, NonFiniteLossError
+from metaspeech.engine.inner_loop import INNER_OPTIMIZERS, InnerGradientOverflowError, InnerLoop, NonFiniteLossError
 from metaspeech.engine.learner import FastWeights, Learner, PreparedTasks
 from metaspeech.errors import ConfigError
 
@@ -65,8 +65,9 @@ class Adaptation:
 class OuterResult:
     """What one outer step produced.
 
-    ``loss`` is the scalar to backpropagate; ``query_losses [T]`` the post-adaptation
-    query losses (detached) for logging, ``[T * Q]`` for a transductive plugin (one per query utterance); ``inner_losses`` / ``inner_grad_norms`` as in :class:`Adaptation`.
+    ``loss`` is the scalar to backpropagate; ``query_losses [T]`` the post-adaptation query losses (detached)
+    for logging, ``[T * Q]`` for a transductive plugin (one per query utterance); ``inner_losses`` /
+    ``inner_grad_norms`` as in :class:`Adaptation`.
     """
 
     loss: Tensor
@@ -120,6 +121,8 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
             ``inner_objective``), and the outer loss is that utterance's supervised loss after its own steps. Why:
             it meta-trains for per-utterance test-time adaptation (``metaspeech transcribe --transductive``),
             where the adaptation set *is* the utterance to transcribe; the support set is not read.
+        inner_optimizer: the meta-training inner loop's update rule, ``sgd`` or ``adam`` (functional, state reset
+            per task). Why: a test-time search that picks Adam (``model.test_time``) can be meta-trained for.
     """
 
     learns_inner_lr: ClassVar[bool] = False
@@ -135,6 +138,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         second_order_steps: int | None = None,
         inner_objective: str = "supervised",
         transductive: bool = False,
+        inner_optimizer: str = "sgd",
     ) -> None:
         super().__init__()
         key = "model.algorithm.init_args."
@@ -153,6 +157,9 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
         self.inner_objective = inner_objective
         self.transductive = transductive
         self._check_transductive()
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ConfigError(f"{key}inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner_optimizer!r}")
+        self.inner_optimizer = inner_optimizer
 
     def _check_transductive(self) -> None:
         key = "model.algorithm.init_args."
@@ -181,7 +188,7 @@ class MetaAlgorithm(RecordsInitArgs, nn.Module):
     def inner_loop(self, steps: int | None = None, loss_scale: float = 1.0) -> InnerLoop:
         """The meta-training inner loop: ``inner_steps`` (or ``steps``) steps, second order and objective as configured."""
         return InnerLoop(self.inner_steps if steps is None else steps, self.second_order, loss_scale,
-                         objective=self.inner_objective)
+                         objective=self.inner_objective, optimizer=self.inner_optimizer)
 
     def initial_weights(self, learner: Learner, prepared: PreparedTasks) -> FastWeights:
         """Where the inner loop starts for each task: the shared init, ``[T, *shape]``."""

@@ -28,18 +28,19 @@ class TestTimeAdaptation:
         scope: the adapted parameters (presets or name globs, as ``model.scope``); None: the training scope.
             A plugin with meta-parameters tied to its training scope adapts the scopes its ``adapts_scope`` allows:
             Meta-SGD (learned rates) its training scope only, HyperInit (generators) any scope that contains it.
-        optimizer: ``sgd`` or ``adam`` (:meth:`~metaspeech.engine.inner_loop.InnerLoop.update`).
+        optimizer: ``sgd`` or ``adam`` (:meth:`~metaspeech.engine.inner_loop.InnerLoop.update`); None: the plugin's own
+            (its ``inner_optimizer``, SGD unless it was meta-trained with Adam).
         lr: the learning rate of every inner step; None: the plugin's own (``eval_inner_lr``, or Meta-SGD's learned rates).
     """
 
     __test__ = False  # not a pytest test class, despite the name
 
     scope: list[str] | None = None
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     lr: float | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in INNER_OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in INNER_OPTIMIZERS:
             raise ConfigError(f"model.test_time.optimizer must be one of {INNER_OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"model.test_time.lr must be positive (or null for the plugin's own), got {self.lr}")
@@ -64,11 +65,13 @@ class TestTimeAdaptation:
     def loop(self, algorithm: MetaAlgorithm, steps: int, record: tuple[int, ...], objective: str = "supervised") -> InnerLoop:
         """The plugin's own inner loop (``algorithm.inner_loop``, so an override holds at test time), first order,
         recording ``record``, with this optimizer and learning rate, minimizing ``objective``."""
-        return replace(algorithm.inner_loop(steps), create_graph=False, record=record, optimizer=self.optimizer, lr=self.lr,
+        own = algorithm.inner_loop(steps)
+        return replace(own, create_graph=False, record=record, optimizer=self.optimizer or own.optimizer, lr=self.lr,
                        objective=objective)
 
     def describe(self) -> dict[str, object]:
         """The settings as plain values (for the report)."""
-        return {"scope": "training scope" if self.scope is None else ",".join(self.scope), "optimizer": self.optimizer,
+        return {"scope": "training scope" if self.scope is None else ",".join(self.scope),
+                "optimizer": self.optimizer or "the algorithm's own",
                 "lr": "the algorithm's own" if self.lr is None else self.lr}
 
