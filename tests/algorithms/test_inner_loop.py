@@ -95,3 +95,41 @@ def test_retry_halves_the_scale_until_the_loop_is_finite_and_a_real_overflow_pro
     assert retry_at_smaller_scales(run, 64.0) == 8.0 and tried == [64.0, 32.0, 16.0, 8.0]
     with pytest.raises(InnerGradientOverflowError):
         retry_at_smaller_scales(lambda scale: run(scale * 100), 1.5)
+
+
+def test_an_adam_inner_loop_is_adam_written_out_per_task_in_float64() -> None:
+    """``inner_optimizer="adam"``: each task's inner steps are Adam's (bias-corrected, betas 0.9/0.999), with its own
+    moments; the test-time default (no optimizer given) runs the plugin's own Adam too."""
+    from metaspeech.evaluation.test_time import TestTimeAdaptation
+
+    torch.manual_seed(0)
+    learner = Learner(SineMLP(hidden=8).double(), mse_loss, scope=["all"])
+    tasks = sine_tasks(3, 6, torch.Generator().manual_seed(1))
+    tasks.inputs, tasks.targets = tuple(t.double() for t in tasks.inputs), tuple(t.double() for t in tasks.targets)
+    algorithm = FOMAML(inner_steps=2, inner_lr=0.01, inner_optimizer="adam")
+    fast = algorithm.adapt(learner, tasks).fast
+    for task in range(3):
+        weights = {name: w.detach().clone().requires_grad_() for name, w in learner.init_weights().items()}
+        first = {name: torch.zeros_like(w) for name, w in weights.items()}
+        second = {name: torch.zeros_like(w) for name, w in weights.items()}
+        one = learner.prepare(tasks.task(task))
+        for count in (1, 2):
+            loss = learner.losses({n: w.unsqueeze(0) for n, w in weights.items()}, one).sum()
+            grads = torch.autograd.grad(loss, list(weights.values()))
+            for (name, w), g in zip(list(weights.items()), grads):
+                first[name] = 0.9 * first[name] + 0.1 * g
+                second[name] = 0.999 * second[name] + 0.001 * g * g
+                step = (first[name] / (1 - 0.9**count)) / ((second[name] / (1 - 0.999**count)).sqrt() + 1e-8)
+                weights[name] = (w - 0.01 * step).detach().requires_grad_()
+        for name, w in weights.items():
+            torch.testing.assert_close(fast[name][task], w, rtol=1e-10, atol=1e-12)
+    assert TestTimeAdaptation().loop(algorithm, 2, ()).optimizer == "adam"
+    assert TestTimeAdaptation().loop(FOMAML(), 2, ()).optimizer == "sgd"
+    assert TestTimeAdaptation(optimizer="sgd").loop(algorithm, 2, ()).optimizer == "sgd"
+
+
+def test_an_unknown_inner_optimizer_is_a_config_error_naming_the_key() -> None:
+    from metaspeech.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.algorithm.init_args.inner_optimizer"):
+        FOMAML(inner_optimizer="rmsprop")
