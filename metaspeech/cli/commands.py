@@ -100,10 +100,9 @@ def adapt(argv: list[str]) -> int:
     recordings = find_recordings(args.data, require_text=objective == SUPERVISED)
     adaptation = adapt_speaker(module, recordings, args.steps, objective)
     save_atomically(adaptation, args.output)
-    optimizer = module.test_time.optimizer or module.algorithm.inner_optimizer
     refused = "" if adaptation["guard_kept"] else "; the collapse guard refused it, the unadapted weights are saved"
     print(
-        f"adapted {', '.join(adaptation['scope'])} ({optimizer}) on {adaptation['utterances']} utterances "
+        f"adapted {', '.join(adaptation['scope'])} ({module.test_time.optimizer}) on {adaptation['utterances']} utterances "
         f"({adaptation['seconds']:.1f} s), "
         f"objective {objective}: support loss {adaptation['support_loss_before']:.3f} -> "
         f"{adaptation['support_loss_after']:.3f}{refused}; saved {args.output}"

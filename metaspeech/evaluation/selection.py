@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 from metaspeech.engine.algorithm import MetaAlgorithm
 from metaspeech.engine.batch import EvaluationBatch
+from metaspeech.engine.inner_loop import NonFiniteLossError
 from metaspeech.engine.learner import Learner
 from metaspeech.errors import ConfigError
 from metaspeech.evaluation.adapter import FewShotAdapter
@@ -46,7 +47,8 @@ class Selection:
     test_time: TestTimeAdaptation
     steps: int
     shots: int
-    meta_val_wer: dict[str, dict[int, float]]
+    meta_val_wer: dict[str, dict[int, float | None]]
+    """WER per candidate name and s; None where the candidate diverged."""
     speakers: int
 
     def describe(self) -> dict[str, Any]:
@@ -78,16 +80,19 @@ class TestTimeSelection:
         """The candidates ``algorithm``, meta-trained on ``learner``'s scope, can run: its own learned rates only if
         it learns them; only the scopes its ``adapts_scope`` allows (else every candidate on the training scope)."""
         if algorithm.learns_inner_lr:
-            return [TestTimeAdaptation()]
+            return [TestTimeAdaptation().resolved(algorithm)]
         usable = [c for c in self.candidates
                   if c.scope is None or algorithm.adapts_scope(learner, Learner(learner.model, learner.loss, list(c.scope)))]
-        return usable or [TestTimeAdaptation(optimizer=c.optimizer, lr=c.lr) for c in self.candidates]
+        usable = usable or [TestTimeAdaptation(optimizer=c.optimizer, lr=c.lr) for c in self.candidates]
+        return [c.resolved(algorithm) for c in usable]
 
     def select(self, recognizer: Recognizer, learner: Learner, algorithm: MetaAlgorithm, tokenizer: Tokenizer,
                tasks: Iterable[EvaluationBatch], shots: int, steps: list[int], guard: str = "none",
                loss_scale: float = 1.0, reduce: Callable[[list[float]], list[float]] = lambda counts: counts) -> Selection:
         """Adapt every meta-val task in ``tasks`` on its first ``shots`` pool utterances with every candidate and
         return the (candidate, s) of lowest corpus WER over them (ties: the earlier candidate, the fewer steps).
+        A candidate whose inner loop diverges (a non-finite loss) on any meta-val task is out of the search: its
+        cells are reported as None and it cannot be chosen, so one unstable setting does not end the test.
 
         ``steps``: the test protocol's step counts (used unless the selection has its own). ``reduce`` sums the
         flat error counts over DDP ranks, so every rank makes the same choice.
@@ -95,12 +100,17 @@ class TestTimeSelection:
         candidates = self.candidates_for(algorithm, learner)
         counts_of = sorted(set(self.steps if self.steps is not None else steps) | {0})
         adapters = [FewShotAdapter(recognizer, learner, algorithm, guard, c) for c in candidates]
-        counts = [0.0] * (2 * len(candidates) * len(counts_of) + 1)  # (errors, words) per (candidate, s); speakers last
+        cells = 2 * len(candidates) * len(counts_of)
+        counts = [0.0] * (cells + len(candidates) + 1)  # (errors, words) per (candidate, s); diverged per candidate; speakers
         for item in tasks:
             counts[-1] += 1
             support = item.pool.take(min(shots, item.pool.examples_per_task))
             for i, adapter in enumerate(adapters):
-                adapted = adapter.adapt_along(support, counts_of, loss_scale)
+                try:
+                    adapted = adapter.adapt_along(support, counts_of, loss_scale)
+                except NonFiniteLossError:
+                    counts[cells + i] += 1
+                    continue
                 for j, s in enumerate(counts_of):
                     errors, words = evaluation_word_errors(
                         item, adapted[s], lambda batch, fast: adapter.transcribe(batch, tokenizer, fast))
@@ -109,9 +119,12 @@ class TestTimeSelection:
                     counts[index + 1] += words
         counts = reduce(counts)
         wer = {(i, s): counts[2 * (i * len(counts_of) + j)] / max(counts[2 * (i * len(counts_of) + j) + 1], 1)
-               for i in range(len(candidates)) for j, s in enumerate(counts_of)}
+               for i in range(len(candidates)) for j, s in enumerate(counts_of) if not counts[cells + i]}
+        if not wer:
+            raise ConfigError("model.test_time_selection: every candidate's inner loop diverged (a non-finite loss) on "
+                              "meta-val speakers; give smaller learning rates in model.test_time_selection.candidates")
         best_i, best_s = min(wer, key=lambda key: (wer[key], key))
-        table = {_name(c): {s: wer[(i, s)] for s in counts_of} for i, c in enumerate(candidates)}
+        table = {_name(c): {s: wer.get((i, s)) for s in counts_of} for i, c in enumerate(candidates)}
         return Selection(candidates[best_i], best_s, shots, table, int(counts[-1]))
 
 

@@ -47,6 +47,11 @@ class TestTimeAdaptation:
         if self.scope is not None and not self.scope:
             raise ConfigError("model.test_time.scope must name at least one preset or glob (or be null for the training scope)")
 
+    def resolved(self, algorithm: MetaAlgorithm) -> "TestTimeAdaptation":
+        """These settings with the optimizer made explicit (the plugin's ``inner_optimizer`` where None), so that
+        reports name the optimizer that ran."""
+        return replace(self, optimizer=self.optimizer or algorithm.inner_optimizer)
+
     def learner(self, training: Learner, algorithm: MetaAlgorithm) -> Learner:
         """The learner whose scope is adapted: ``training``'s, unless this asks for another one."""
         if self.scope is None:

@@ -246,6 +246,7 @@ class MetaSpeechModule(L.LightningModule):
     # ------------------------------------------- test-time adaptation (metaspeech.evaluation.adapter)
     def use_test_time(self, settings: TestTimeAdaptation, guard: str | None = None) -> None:
         """Adapt with ``settings`` from now on (the one place test-time settings live: ``self.test_time``)."""
+        settings = settings.resolved(self.algorithm)
         self.test_time = settings
         guard = guard if guard is not None else self.adapter.guard
         self.adapter = FewShotAdapter(self.model, self.learner, self.algorithm, guard, settings, self.test_objective,

@@ -55,22 +55,26 @@ def test_a_plugin_searches_only_the_scopes_its_meta_parameters_allow(tiny_module
     grid = TestTimeSelection([TestTimeAdaptation(lr=0.1), TestTimeAdaptation(scope=["all"], optimizer="adam", lr=1e-3),
                               TestTimeAdaptation(scope=["lhuc"], optimizer="adam", lr=1e-3)])
     metasgd = tiny_module(MetaSGD())
-    assert grid.candidates_for(metasgd.algorithm, metasgd.learner) == [TestTimeAdaptation()]  # its learned rates, its scope
+    own = TestTimeAdaptation(optimizer="sgd")  # a candidate without an optimizer runs the plugin's own, named in reports
+    assert grid.candidates_for(metasgd.algorithm, metasgd.learner) == [own]  # its learned rates, its scope
     hyperinit = tiny_module(HyperInit())  # set up: its generators exist, one per weight of its scope
-    assert grid.candidates_for(hyperinit.algorithm, hyperinit.learner) == grid.candidates[:2]  # [all] contains its scope
+    resolved = [TestTimeAdaptation(optimizer="sgd", lr=0.1), *grid.candidates[1:]]
+    assert grid.candidates_for(hyperinit.algorithm, hyperinit.learner) == resolved[:2]  # [all] contains its scope
     with pytest.raises(ConfigError, match="model.test_time.scope"):
         tiny_module(HyperInit(), test_time=TestTimeAdaptation(scope=["lhuc"]))  # would drop generated weights
     with pytest.raises(ConfigError, match="model.test_time.scope"):
         tiny_module(MetaSGD(), test_time=TestTimeAdaptation(scope=["all"]))
     fomaml = tiny_module(FOMAML())
-    assert grid.candidates_for(fomaml.algorithm, fomaml.learner) == grid.candidates
+    assert grid.candidates_for(fomaml.algorithm, fomaml.learner) == resolved
+    adam = tiny_module(FOMAML(inner_optimizer="adam"))
+    assert grid.candidates_for(adam.algorithm, adam.learner)[0] == TestTimeAdaptation(optimizer="adam", lr=0.1)
 
 
 def test_a_hand_written_step_size_schedule_is_searched(tiny_module) -> None:
     assert not DecayingLR.learns_inner_lr and MetaSGD.learns_inner_lr
     grid = TestTimeSelection([TestTimeAdaptation(lr=0.1), TestTimeAdaptation(lr=0.3)])
     module = tiny_module(DecayingLR())
-    assert grid.candidates_for(module.algorithm, module.learner) == grid.candidates
+    assert grid.candidates_for(module.algorithm, module.learner) == [c.resolved(module.algorithm) for c in grid.candidates]
 
 
 def test_bad_grids_are_refused_in_one_line() -> None:
@@ -80,3 +84,21 @@ def test_bad_grids_are_refused_in_one_line() -> None:
         TestTimeAdaptation(lr=-1.0)
     with pytest.raises(ConfigError, match="model.test_time.optimizer"):
         TestTimeAdaptation(optimizer="rmsprop")
+
+
+def test_a_candidate_that_diverges_on_meta_val_is_out_of_the_search_not_the_end_of_the_test(
+        tiny_data, tiny_module, tiny_trainer) -> None:
+    module = tiny_module(FOMAML(inner_steps=1, inner_lr=0.5))
+    data = tiny_data()
+    tiny_trainer(max_steps=2, limit_val_batches=0).fit(module, datamodule=data)
+    data.setup("test")
+    exploding, stable = TestTimeAdaptation(optimizer="sgd", lr=1e30), TestTimeAdaptation(optimizer="sgd", lr=0.5)
+    items = list(data.val_dataloader())
+    chosen = TestTimeSelection([exploding, stable], steps=[1, 2]).select(
+        module.model, module.learner, module.algorithm, module.tokenizer, items, shots=3, steps=[1, 2])
+    assert chosen.test_time == stable
+    assert chosen.meta_val_wer["training scope / sgd / lr 1e+30"] == {0: None, 1: None, 2: None}
+    assert all(w is not None for w in chosen.meta_val_wer["training scope / sgd / lr 0.5"].values())
+    with pytest.raises(ConfigError, match="every candidate's inner loop diverged"):
+        TestTimeSelection([exploding]).select(module.model, module.learner, module.algorithm, module.tokenizer, items,
+                                              shots=3, steps=[1, 2])
