@@ -77,7 +77,8 @@ def transductive(module: Any, item: EvaluationBatch, start: FastWeights | None, 
     if start is not None:
         write_adapted_weights(recognizer, start)
     learner = Learner(recognizer, recognizer.loss, module.scope, objectives=recognizer.objective)
-    adapter = FewShotAdapter(recognizer, learner, algorithm, objective=objective, collapse_guard=module.collapse_guard,
+    adapter = FewShotAdapter(recognizer, learner, algorithm, test_time=TestTimeAdaptation(optimizer="sgd"), objective=objective,
+                             collapse_guard=module.collapse_guard,
                              from_model=start is not None)  # a HyperInit start is generated once, in the supervised part
     utterances = item.evaluation.per_utterance()
     with test_time_learning_rate(algorithm, learning_rate):

@@ -144,7 +144,7 @@ def transcribe(argv: list[str]) -> int:
     recordings = [r for source in args.audio for r in find_recordings(source, require_text=False)]
     if args.transductive:  # SGD on the training scope, whatever test-time setting the checkpoint carries for speakers
         learned = args.lr is None and learns_its_step_size(module.algorithm)
-        module.use_test_time(TestTimeAdaptation(lr=None if learned else args.lr or TRANSDUCTIVE_LR))
+        module.use_test_time(TestTimeAdaptation(optimizer="sgd", lr=None if learned else args.lr or TRANSDUCTIVE_LR))
         if adaptation is not None:  # the speaker's adaptation is where every recording's own adaptation starts
             write_adapted_weights(module.model, adaptation)
             module.adapter.from_model = True
