@@ -53,7 +53,7 @@ from metaspeech.evaluation.adapter import FewShotAdapter, write_adapted_weights
 from metaspeech.evaluation.oracle import SpeakerOracle
 from metaspeech.evaluation.scoring import SEEN_SPEAKERS, word_errors
 from metaspeech.evaluation.test_time import TestTimeAdaptation
-from metaspeech.training.label_free import learns_its_step_size, test_time_learning_rate
+from metaspeech.training.label_free import learns_its_step_size
 
 UNADAPTED, SUPERVISED, TRANSDUCTIVE, BOTH = "unadapted", "supervised", "transductive", "supervised + transductive"
 ORACLE, ORACLE_BOTH = "oracle", "oracle + transductive"
@@ -77,12 +77,12 @@ def transductive(module: Any, item: EvaluationBatch, start: FastWeights | None, 
     if start is not None:
         write_adapted_weights(recognizer, start)
     learner = Learner(recognizer, recognizer.loss, module.scope, objectives=recognizer.objective)
-    adapter = FewShotAdapter(recognizer, learner, algorithm, test_time=TestTimeAdaptation(optimizer="sgd"), objective=objective,
+    per_utterance = TestTimeAdaptation(optimizer="sgd", lr=learning_rate)  # as `transcribe --transductive` sets it
+    adapter = FewShotAdapter(recognizer, learner, algorithm, test_time=per_utterance, objective=objective,
                              collapse_guard=module.collapse_guard,
                              from_model=start is not None)  # a HyperInit start is generated once, in the supervised part
     utterances = item.evaluation.per_utterance()
-    with test_time_learning_rate(algorithm, learning_rate):
-        adapted, _ = adapter.adapt_label_free(utterances, steps, objective)
+    adapted, _ = adapter.adapt_label_free(utterances, steps, objective)
     return {s: [task[0] for task in adapter.transcribe(utterances, module.tokenizer, adapted[s])] for s in steps}
 
 
